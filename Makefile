@@ -1,0 +1,33 @@
+# `make dev` runs the whole assistant on embedded services; `make test` runs the full suite.
+# Both bootstrap what they need: a .venv with the project installed, and for tests the
+# Debian packages they use, installed with apt-get when missing.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: dev test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+dev: $(STAMP)
+	$(BIN)/assistant dev
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+bench: $(STAMP)
+	$(BIN)/python bench/turn_latency.py
+
+clean:
+	rm -rf $(VENV) .assistant .mypy_cache .ruff_cache

@@ -1,0 +1,176 @@
+"""The model activity: stream one assistant reply into the event log.
+
+It loads the transcript by reference, streams through the `openai` client (which never
+retries itself: Temporal owns retries), heartbeats while it waits, and stores the finished
+message under a deterministic id, so a retry overwrites instead of duplicating.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.model_errors import classify
+from activities.relay import TokenRelay
+from core import contracts as c
+from core.config import Settings
+from core.ids import assistant_message_id
+from store import conversations, events, messages, turns
+from store.db import Pool
+
+_HEARTBEAT_EVERY = 1.0
+
+
+class ModelActivities:
+    """Activities that call the model; built once per worker with its clients."""
+
+    def __init__(self, pool: Pool, client: openai.AsyncOpenAI, settings: Settings) -> None:
+        self._pool = pool
+        self._client = client
+        self._settings = settings
+
+    @activity.defn(name=c.STREAM_MODEL_REPLY)
+    async def stream_reply(self, step: c.ModelStepInput) -> c.ModelStepResult:
+        attempt = activity.info().attempt
+        message_id = assistant_message_id(step.turn_id, step.step)
+        conversation = await conversations.get_by_id(self._pool, conversation_id=step.conversation_id)
+        if conversation is None:
+            raise ApplicationError("the conversation was deleted", type="internal_error", non_retryable=True)
+        model = conversation.model or self._settings.assistant_model
+        request = await self._request_messages(conversation.system_prompt, step.conversation_id)
+        await events.begin_stream(self._pool, turn_id=step.turn_id, message_id=message_id, attempt=attempt)
+        relay = TokenRelay(
+            self._pool,
+            turn_id=step.turn_id,
+            message_id=message_id,
+            attempt=attempt,
+            interval=self._settings.token_batch_interval,
+        )
+        async with _heartbeating():
+            try:
+                reply = await self._stream(model, request, relay)
+            except (openai.OpenAIError, OSError) as err:
+                relay.abandon()
+                raise classify(err) from err
+            except BaseException:
+                relay.abandon()
+                raise
+            await relay.close()
+        tool_calls = reply.tool_calls_json()
+        stored = await messages.upsert_assistant_message(
+            self._pool,
+            message_id=message_id,
+            conversation_id=step.conversation_id,
+            turn_id=step.turn_id,
+            content=relay.text,
+            tool_calls=tool_calls or None,
+        )
+        await turns.record_model_call(
+            self._pool,
+            turn_id=step.turn_id,
+            step=step.step,
+            model=model,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+        )
+        await events.append_one(
+            self._pool,
+            turn_id=step.turn_id,
+            type="message",
+            payload={
+                "message": {
+                    "id": stored.id,
+                    "role": "assistant",
+                    "content": stored.content,
+                    "tool_calls": stored.tool_calls,
+                }
+            },
+            dedupe_key=f"message:{message_id}",
+        )
+        return c.ModelStepResult(
+            message_id=message_id,
+            finish_reason=reply.finish_reason,
+            tool_calls=[
+                c.ToolCall(id=t["id"], name=t["function"]["name"], arguments=t["function"]["arguments"])
+                for t in tool_calls
+            ],
+        )
+
+    async def _request_messages(self, system_prompt: str | None, conversation_id: str) -> list[Any]:
+        transcript = await messages.transcript(self._pool, conversation_id=conversation_id)
+        request: list[dict[str, Any]] = []
+        if system_prompt:
+            request.append({"role": "system", "content": system_prompt})
+        for message in transcript:
+            item: dict[str, Any] = {"role": message.role, "content": message.content or ""}
+            if message.tool_calls:
+                item["tool_calls"] = message.tool_calls
+            if message.tool_call_id:
+                item["tool_call_id"] = message.tool_call_id
+            request.append(item)
+        return request
+
+    async def _stream(self, model: str, request: list[Any], relay: TokenRelay) -> "_Reply":
+        reply = _Reply()
+        stream = await self._client.chat.completions.create(
+            model=model,
+            messages=request,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        async with stream:
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    reply.prompt_tokens = chunk.usage.prompt_tokens
+                    reply.completion_tokens = chunk.usage.completion_tokens
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        await relay.add(choice.delta.content)
+                    for delta in choice.delta.tool_calls or []:
+                        reply.add_tool_call_delta(delta)
+                    if choice.finish_reason:
+                        reply.finish_reason = choice.finish_reason
+        return reply
+
+
+class _Reply:
+    """What a stream leaves beside its text: tool calls, finish reason, usage."""
+
+    def __init__(self) -> None:
+        self.finish_reason = "stop"
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def add_tool_call_delta(self, delta: Any) -> None:
+        call = self._calls.setdefault(
+            delta.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        if delta.id:
+            call["id"] = delta.id
+        if delta.function is not None:
+            call["function"]["name"] += delta.function.name or ""
+            call["function"]["arguments"] += delta.function.arguments or ""
+
+    def tool_calls_json(self) -> list[dict[str, Any]]:
+        return [self._calls[i] for i in sorted(self._calls)]
+
+
+@contextlib.asynccontextmanager
+async def _heartbeating() -> AsyncIterator[None]:
+    """Heartbeat while the body runs, so a dead worker is noticed and cancels reach us."""
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(_HEARTBEAT_EVERY)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()

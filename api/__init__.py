@@ -1,0 +1,1 @@
+"""The thin HTTP layer: validates, writes rows, starts/signals workflows, serves events."""

@@ -1,0 +1,54 @@
+"""The app factory: routers under /api/v1, problem handlers, middleware, and a lifespan
+that owns the pool, the Temporal connector and the event hub."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from api import problems
+from api.hub import EventHub
+from api.idempotency import IdempotencyMiddleware
+from api.middleware import EdgeMiddleware
+from api.routes import auth, conversations, health, messages, turns
+from api.temporal import TemporalConnector
+from core.config import Settings
+from store.db import create_pool
+
+
+def create_app(settings: Settings) -> FastAPI:
+    dsn = settings.require_database_url()
+    temporal_address = settings.require_temporal_address()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.pool = await create_pool(dsn, max_size=20)
+        app.state.temporal = TemporalConnector(temporal_address, settings.temporal_namespace)
+        app.state.hub = EventHub(dsn)
+        await app.state.hub.start()
+        await app.state.temporal.get()
+        try:
+            yield
+        finally:
+            await app.state.hub.stop()
+            await app.state.pool.close()
+
+    app = FastAPI(
+        title="Durable Assistant API",
+        version="0.1.0",
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    problems.install(app)
+    v1 = APIRouter(prefix="/api/v1")
+    for module in (auth, conversations, messages, turns):
+        v1.include_router(module.router)
+    app.include_router(v1)
+    app.include_router(health.router)
+    # Outermost first: the edge sets the request id and limits the body before anything reads it.
+    app.add_middleware(IdempotencyMiddleware)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_request_bytes)
+    return app

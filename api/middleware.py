@@ -1,0 +1,106 @@
+"""Pure ASGI middleware for every request: request id, credentials in the query string,
+body size limit, and an access log that never records query strings or keys."""
+
+import re
+import time
+import uuid
+from urllib.parse import parse_qsl
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.problems import problem_response
+
+log = structlog.get_logger("api.access")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_CREDENTIAL_PARAMS = {"api_key", "key", "token", "access_token"}
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class EdgeMiddleware:
+    """Request id, query-credential refusal, body size limit, access log."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        offered = headers.get("x-request-id", "")
+        request_id = offered if _REQUEST_ID.match(offered) else f"req_{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status_holder = {"status": 0}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    (k, v) for k, v in message["headers"] if k.lower() != b"x-request-id"
+                ] + [(b"x-request-id", request_id.encode())]
+            await send(message)
+
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            refusal = self._refusal(scope, headers, request_id)
+            if refusal is not None:
+                await refusal(scope, receive, send_with_id)
+                return
+            try:
+                await self.app(scope, self._limited(receive), send_with_id)
+            except _BodyTooLarge:
+                if status_holder["status"] == 0:
+                    await self._too_large(request_id)(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status_holder["status"],
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+            structlog.contextvars.unbind_contextvars("request_id")
+
+    def _refusal(self, scope: Scope, headers: dict[str, str], request_id: str) -> ASGIApp | None:
+        query = scope.get("query_string", b"").decode("latin-1")
+        if query and any(k.lower() in _CREDENTIAL_PARAMS for k, _ in parse_qsl(query)):
+            return problem_response(
+                400,
+                "credentials_in_query",
+                "credentials are not accepted in the query string; use the Authorization header",
+                request_id=request_id,
+            )
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            return self._too_large(request_id)
+        return None
+
+    def _too_large(self, request_id: str) -> ASGIApp:
+        return problem_response(
+            413,
+            "payload_too_large",
+            f"the request body exceeds {self.max_body_bytes} bytes",
+            request_id=request_id,
+        )
+
+    def _limited(self, receive: Receive) -> Receive:
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        return limited_receive

@@ -1,0 +1,154 @@
+"""The transcript, and POST of a user message, which starts a turn."""
+
+import json
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Header, Request, Response
+
+from api.deps import CurrentUser, HubDep, OldestFirstPageDep, SettingsDep, StoreDep, TemporalDep
+from api.idempotency import check_key, conflict_of, request_hash
+from api.problems import Problem
+from api.routes.turns import wants_json
+from api.schemas import MessageCreate, MessagePublic, MessageTurnStarted, list_of
+from api.streams import event_stream_response
+from api.views import turn_public
+from core.contracts import TurnInput
+from core.errors import TurnInProgress
+from store import conversations, idempotency, messages, turns
+from workflows.client import start_turn
+
+log = structlog.get_logger(__name__)
+
+router = APIRouter(prefix="/conversations/{conversation_id}/messages", tags=["messages"])
+
+
+@router.get("")
+async def list_messages(
+    conversation_id: str, caller: CurrentUser, pool: StoreDep, page: OldestFirstPageDep
+) -> Any:
+    if await conversations.get(pool, user_id=caller.id, conversation_id=conversation_id) is None:
+        raise Problem(404, "not_found", f"no conversation {conversation_id}")
+    items, result = await messages.list_page(
+        pool, user_id=caller.id, conversation_id=conversation_id, page=page
+    )
+    return list_of([MessagePublic(**m.model_dump()) for m in items], has_more=result.has_more)
+
+
+@router.post(
+    "",
+    response_model=MessageTurnStarted,
+    status_code=202,
+    responses={200: {"description": "The turn's event stream (text/event-stream)"}},
+)
+async def post_message(
+    conversation_id: str,
+    body: MessageCreate,
+    request: Request,
+    caller: CurrentUser,
+    pool: StoreDep,
+    hub: HubDep,
+    temporal: TemporalDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Any:
+    if len(body.content) > settings.max_message_chars:
+        raise Problem(
+            422,
+            "validation_failed",
+            f"content is longer than {settings.max_message_chars} characters",
+            errors=[
+                {
+                    "field": "content",
+                    "location": "body",
+                    "message": "too long",
+                    "type": "string_too_long",
+                }
+            ],
+        )
+    key = check_key(idempotency_key) if idempotency_key is not None else None
+    digest = request_hash("POST", request.url.path, await request.body())
+    replayed = False
+    async with pool.acquire() as conn, conn.transaction():
+        record = None
+        if key is not None:
+            record = await idempotency.reserve(
+                conn,
+                user_id=caller.id,
+                key=key,
+                method="POST",
+                path=request.url.path,
+                request_hash=digest,
+            )
+        if record is not None:
+            problem = conflict_of(record, digest)
+            if problem is not None:
+                raise problem
+            assert record.turn_id is not None and record.response_body is not None
+            started_body = json.loads(record.response_body)
+            turn_id, replayed = record.turn_id, True
+        else:
+            try:
+                started = await turns.start_turn(
+                    conn, user_id=caller.id, conversation_id=conversation_id, content=body.content
+                )
+            except TurnInProgress as err:
+                raise Problem(409, err.code, err.message, **err.context) from err
+            if started is None:
+                raise Problem(404, "not_found", f"no conversation {conversation_id}")
+            message, turn = started
+            turn_id = turn.id
+            started_body = MessageTurnStarted(
+                message=MessagePublic(**message.model_dump()), turn=await turn_public(conn, turn)
+            ).model_dump(mode="json")
+            if key is not None:
+                await idempotency.complete(
+                    conn,
+                    user_id=caller.id,
+                    key=key,
+                    status=202,
+                    body=json.dumps(started_body).encode(),
+                    headers={},
+                    turn_id=turn_id,
+                )
+    if not replayed:
+        await _start_workflow(
+            temporal,
+            settings.temporal_task_queue,
+            settings.max_steps,
+            turn_id,
+            conversation_id,
+            caller.id,
+        )
+    headers = {"X-Turn-ID": turn_id, "Location": f"/api/v1/turns/{turn_id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    if wants_json(request.headers.get("accept", "")):
+        return Response(
+            json.dumps(started_body),
+            status_code=202,
+            headers=headers,
+            media_type="application/json",
+        )
+    return event_stream_response(
+        pool, hub, turn_id=turn_id, after=0, ping=settings.sse_ping_interval, headers=headers
+    )
+
+
+async def _start_workflow(
+    temporal: Any, task_queue: str, max_steps: int, turn_id: str, conversation_id: str, user_id: str
+) -> None:
+    try:
+        await start_turn(
+            temporal,
+            TurnInput(
+                turn_id=turn_id,
+                conversation_id=conversation_id,
+                user_id=user_id,
+                max_steps=max_steps,
+            ),
+            task_queue=task_queue,
+        )
+    except Exception:
+        # The turn is committed; the worker's reconciler starts it once Temporal answers.
+        log.exception("starting the turn workflow failed; left for the reconciler", turn_id=turn_id)

@@ -1,0 +1,123 @@
+"""Turns: poll (with `?wait`), list per conversation, follow events, cancel."""
+
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Header, Query, Request, Response
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.deps import CurrentUser, HubDep, PageDep, SettingsDep, StoreDep, TemporalDep
+from api.problems import Problem
+from api.schemas import TurnPublic, list_of
+from api.streams import event_stream_response, wait_for_change
+from api.views import turn_public
+from store import conversations, events, turns
+from store.events import TERMINAL_STATUSES
+from workflows.client import turn_handle
+
+log = structlog.get_logger(__name__)
+
+router = APIRouter(tags=["turns"])
+
+_SETTLED = (*TERMINAL_STATUSES, "awaiting_approval")
+
+
+async def _turn_or_404(pool: Any, user_id: str, turn_id: str) -> turns.Turn:
+    turn = await turns.get(pool, user_id=user_id, turn_id=turn_id)
+    if turn is None:
+        raise Problem(404, "not_found", f"no turn {turn_id}")
+    return turn
+
+
+@router.get("/conversations/{conversation_id}/turns")
+async def list_turns(conversation_id: str, caller: CurrentUser, pool: StoreDep, page: PageDep) -> Any:
+    if await conversations.get(pool, user_id=caller.id, conversation_id=conversation_id) is None:
+        raise Problem(404, "not_found", f"no conversation {conversation_id}")
+    items, result = await turns.list_page(pool, user_id=caller.id, conversation_id=conversation_id, page=page)
+    return list_of([await turn_public(pool, t) for t in items], has_more=result.has_more)
+
+
+@router.get("/turns/{turn_id}", response_model=TurnPublic, response_model_exclude_none=False)
+async def get_turn(
+    turn_id: str,
+    caller: CurrentUser,
+    pool: StoreDep,
+    hub: HubDep,
+    wait: Annotated[float, Query(ge=0, le=60)] = 0,
+) -> Any:
+    turn = await _turn_or_404(pool, caller.id, turn_id)
+    if wait > 0 and turn.status not in _SETTLED:
+
+        async def still_running() -> bool:
+            nonlocal turn
+            turn = await _turn_or_404(pool, caller.id, turn_id)
+            return turn.status not in _SETTLED
+
+        await wait_for_change(hub, turn_id=turn_id, still_waiting=still_running, seconds=wait)
+    return await turn_public(pool, turn)
+
+
+def _resume_point(after: int | None, last_event_id: str | None) -> int:
+    if after is not None:
+        return after
+    if last_event_id is None or last_event_id.strip() == "":
+        return 0
+    value = last_event_id.strip()
+    if not value.isdigit() or len(value) > 9:
+        raise Problem(
+            422,
+            "validation_failed",
+            "Last-Event-ID must be a non-negative integer (an event seq)",
+            errors=[
+                {
+                    "field": "Last-Event-ID",
+                    "location": "header",
+                    "message": "not a non-negative integer",
+                    "type": "int_parsing",
+                }
+            ],
+        )
+    return int(value)
+
+
+@router.get("/turns/{turn_id}/events", response_model=None)
+async def turn_events(
+    turn_id: str,
+    request: Request,
+    caller: CurrentUser,
+    pool: StoreDep,
+    hub: HubDep,
+    settings: SettingsDep,
+    after: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> Any:
+    turn = await _turn_or_404(pool, caller.id, turn_id)
+    start = _resume_point(after, last_event_id)
+    if wants_json(request.headers.get("accept", "")):
+        batch = await events.read_after(pool, turn_id=turn_id, after=start, limit=limit + 1)
+        return {"object": "list", "data": batch[:limit], "has_more": len(batch) > limit}
+    if turn.status in TERMINAL_STATUSES and start >= turn.last_seq:
+        return Response(status_code=204)
+    return event_stream_response(pool, hub, turn_id=turn_id, after=start, ping=settings.sse_ping_interval)
+
+
+@router.post("/turns/{turn_id}/cancel", status_code=202, response_model=TurnPublic)
+async def cancel_turn(turn_id: str, caller: CurrentUser, pool: StoreDep, temporal: TemporalDep) -> Any:
+    turn = await _turn_or_404(pool, caller.id, turn_id)
+    if turn.status not in TERMINAL_STATUSES:
+        try:
+            await turn_handle(temporal, turn_id).cancel()
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            # The workflow never started (or is gone): end the turn here.
+            await turns.finish(pool, turn_id=turn_id, status="cancelled", terminal_event=("cancelled", {}))
+        turn = await _turn_or_404(pool, caller.id, turn_id)
+    return await turn_public(pool, turn)
+
+
+def wants_json(accept: str) -> bool:
+    """JSON when Accept names application/json and not text/event-stream."""
+    lowered = accept.lower()
+    return "application/json" in lowered and "text/event-stream" not in lowered

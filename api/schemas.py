@@ -1,0 +1,131 @@
+"""Public request and response models, separated by role (Create / Update / Public)."""
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+_TOOL_NAME = r"^[A-Za-z0-9_\-]{1,128}$"
+
+
+class Strict(BaseModel):
+    """Request bodies refuse unknown fields, so a typo is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConversationCreate(Strict):
+    title: str | None = Field(default=None, max_length=500)
+    system_prompt: str | None = Field(default=None, max_length=100_000)
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    tools: list[str] | None = Field(default=None, max_length=200)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ConversationUpdate(Strict):
+    title: str | None = Field(default=None, max_length=500)
+    system_prompt: str | None = Field(default=None, max_length=100_000)
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    tools: list[str] | None = Field(default=None, max_length=200)
+    metadata: dict[str, Any] | None = None
+
+
+class ConversationPublic(BaseModel):
+    id: str
+    title: str | None
+    system_prompt: str | None
+    model: str | None
+    tools: list[str] | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    active_turn_id: str | None
+
+
+class MessageCreate(Strict):
+    content: str = Field(min_length=1)
+
+
+class MessagePublic(BaseModel):
+    id: str
+    conversation_id: str
+    turn_id: str | None
+    role: str
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None
+    tool_call_id: str | None
+    created_at: datetime
+
+
+class TurnError(BaseModel):
+    code: str
+    message: str
+    retryable: bool
+
+
+class UsagePublic(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TurnPublic(BaseModel):
+    id: str
+    conversation_id: str
+    status: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: TurnError | None = None
+    usage: UsagePublic
+    pending_approvals: list[dict[str, Any]]
+    last_seq: int
+    output: MessagePublic | None = None
+
+
+class MessageTurnStarted(BaseModel):
+    message: MessagePublic
+    turn: TurnPublic
+
+
+class KeyCreate(Strict):
+    name: str | None = Field(default=None, max_length=200)
+
+
+class KeyPublic(BaseModel):
+    id: str
+    name: str | None
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+class KeyCreated(KeyPublic):
+    secret: str
+
+
+class UserPublic(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+
+
+class ListPublic(BaseModel, Generic[T]):
+    object: Literal["list"] = "list"
+    data: list[T]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+def list_of(items: list[Any], *, has_more: bool) -> dict[str, Any]:
+    """The list envelope of API.md."""
+    return {
+        "object": "list",
+        "data": items,
+        "first_id": items[0].id if items else None,
+        "last_id": items[-1].id if items else None,
+        "has_more": has_more,
+    }

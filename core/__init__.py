@@ -1,0 +1,1 @@
+"""Shared pieces: configuration, contracts, errors, ids, events. Imports nothing else of the project."""

@@ -1,0 +1,172 @@
+"""Configuration from the environment (and `.env`), built once per process.
+
+Every command reads the same variables (API.md, "Configuration"). When `DATABASE_URL`
+or `TEMPORAL_ADDRESS` is unset, the addresses of the services that a running
+`assistant dev` started in the same data dir are used, so `assistant users create`
+beside `assistant dev` reaches the embedded database.
+"""
+
+import json
+import os
+import re
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, computed_field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "kib": 1024,
+    "mb": 10**6,
+    "mib": 2**20,
+    "gb": 10**9,
+    "gib": 2**30,
+}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """`10s`, `24h`, `500ms`, `1.5m` or a number of seconds → timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 10s, 5m, 24h)")
+    return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+
+
+def parse_size(value: Any) -> int:
+    """`1MiB`, `512kb` or a number of bytes → bytes."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"not a size: {value!r} (use e.g. 1MiB, 512KiB)")
+    return int(match[1]) * _SIZE_UNITS[(match[2] or "b").lower()]
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+
+
+class Settings(BaseSettings):
+    """Every setting of every process; names are the environment variables of API.md."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    assistant_model: str = "gpt-4o-mini"
+    model_timeout: Duration = timedelta(seconds=120)
+
+    database_url: str | None = None
+    temporal_address: str | None = None
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "assistant"
+
+    assistant_data_dir: Path = Path("./.assistant")
+    assistant_env: Literal["development", "production"] = "production"
+
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] | None = None
+
+    allowed_origins: Annotated[list[str], NoDecode, BeforeValidator(_split_csv)] = Field(default_factory=list)
+    max_request_bytes: ByteSize = 1 << 20
+    max_message_chars: int = 100_000
+    max_steps: int = 10
+    approval_timeout: Duration = timedelta(hours=24)
+    # Token events are batched: the first at once, then at most one row per interval.
+    token_batch_interval: Duration = timedelta(milliseconds=40)
+    sse_ping_interval: Duration = timedelta(seconds=15)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def is_development(self) -> bool:
+        return self.assistant_env == "development"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def effective_log_format(self) -> str:
+        return self.log_format or ("console" if self.is_development else "json")
+
+    def dev_state_path(self) -> Path:
+        return self.assistant_data_dir / "dev-services.json"
+
+    def resolved(self) -> "Settings":
+        """These settings with unset service addresses filled in from a running `assistant dev`."""
+        if self.database_url and self.temporal_address and self.openai_base_url:
+            return self
+        state = read_dev_state(self.dev_state_path())
+        if not state:
+            return self
+        updates: dict[str, Any] = {}
+        if not self.database_url:
+            updates["database_url"] = state.get("database_url")
+        if not self.temporal_address:
+            updates["temporal_address"] = state.get("temporal_address")
+        if not self.openai_base_url and state.get("openai_base_url"):
+            updates["openai_base_url"] = state["openai_base_url"]
+            updates["openai_api_key"] = self.openai_api_key or "offline"
+        return self.model_copy(update=updates)
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            from core.errors import ConfigurationError
+
+            raise ConfigurationError(
+                "DATABASE_URL is not set and no `assistant dev` is running in "
+                f"{self.assistant_data_dir}; set DATABASE_URL or start `assistant dev`"
+            )
+        return self.database_url
+
+    def require_temporal_address(self) -> str:
+        if not self.temporal_address:
+            from core.errors import ConfigurationError
+
+            raise ConfigurationError(
+                "TEMPORAL_ADDRESS is not set and no `assistant dev` is running in "
+                f"{self.assistant_data_dir}; set TEMPORAL_ADDRESS or start `assistant dev`"
+            )
+        return self.temporal_address
+
+
+def read_dev_state(path: Path) -> dict[str, Any] | None:
+    """The service addresses written by a live `assistant dev`, or None if it is not running."""
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    pid = state.get("pid")
+    if not isinstance(pid, int) or not _process_alive(pid):
+        return None
+    return state
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, resolved once."""
+    return Settings().resolved()

@@ -1,0 +1,218 @@
+"""Turns: created with their user message in one transaction, finished with their terminal events."""
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from core.errors import TurnInProgress
+from core.ids import new_id
+from store import events
+from store.db import Connection, Executor, Pool
+from store.messages import Message, insert_user_message
+from store.pages import Page, PageRequest, fetch_page
+
+_COLUMNS = (
+    "id, conversation_id, user_id, user_message_id, status, created_at, started_at,"
+    " finished_at, error, output_message_id, last_seq"
+)
+ACTIVE_STATUSES = ("queued", "running", "awaiting_approval")
+
+
+class Turn(BaseModel):
+    id: str
+    conversation_id: str
+    user_id: str
+    user_message_id: str
+    status: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: dict[str, Any] | None
+    output_message_id: str | None
+    last_seq: int
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+async def start_turn(
+    conn: Connection, *, user_id: str, conversation_id: str, content: str
+) -> tuple[Message, Turn] | None:
+    """Insert the user message and a queued turn, inside the caller's transaction.
+
+    None if the conversation is not the user's; `TurnInProgress` if it has an active turn.
+    """
+    conversation = await conn.fetchrow(
+        "SELECT active_turn_id FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE",
+        conversation_id,
+        user_id,
+    )
+    if conversation is None:
+        return None
+    if conversation["active_turn_id"] is not None:
+        raise TurnInProgress(
+            "the conversation already has an active turn",
+            active_turn_id=conversation["active_turn_id"],
+        )
+    turn_id, message_id = new_id("turn"), new_id("msg")
+    row = await conn.fetchrow(
+        "INSERT INTO turns (id, conversation_id, user_id, user_message_id, status)"
+        f" VALUES ($1, $2, $3, $4, 'queued') RETURNING {_COLUMNS}",
+        turn_id,
+        conversation_id,
+        user_id,
+        message_id,
+    )
+    message = await insert_user_message(
+        conn,
+        message_id=message_id,
+        conversation_id=conversation_id,
+        turn_id=turn_id,
+        content=content,
+    )
+    await conn.execute(
+        "UPDATE conversations SET active_turn_id = $2, updated_at = now() WHERE id = $1",
+        conversation_id,
+        turn_id,
+    )
+    await events.append(
+        conn,
+        turn_id=turn_id,
+        type="status",
+        payload={"status": "queued", "previous_status": None},
+        dedupe_key="status:queued",
+    )
+    assert row is not None
+    turn = Turn(**dict(row))
+    turn.last_seq = 1
+    return message, turn
+
+
+async def get(pool: Pool, *, user_id: str, turn_id: str) -> Turn | None:
+    row = await pool.fetchrow(
+        f"SELECT {_COLUMNS} FROM turns WHERE id = $1 AND user_id = $2", turn_id, user_id
+    )
+    return Turn(**dict(row)) if row else None
+
+
+async def get_by_id(pool: Pool, *, turn_id: str) -> Turn | None:
+    """Unscoped read, for the worker."""
+    row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM turns WHERE id = $1", turn_id)
+    return Turn(**dict(row)) if row else None
+
+
+async def list_page(
+    pool: Pool, *, user_id: str, conversation_id: str, page: PageRequest
+) -> tuple[list[Turn], Page]:
+    result = await fetch_page(
+        pool,
+        table="turns",
+        columns=_COLUMNS,
+        scope="conversation_id = $1 AND user_id = $2",
+        scope_args=[conversation_id, user_id],
+        page=page,
+    )
+    return [Turn(**r) for r in result.rows], result
+
+
+async def usage(pool: Executor, *, turn_id: str) -> Usage:
+    row = await pool.fetchrow(
+        "SELECT coalesce(sum(prompt_tokens), 0) AS p, coalesce(sum(completion_tokens), 0) AS c"
+        " FROM model_calls WHERE turn_id = $1",
+        turn_id,
+    )
+    assert row is not None
+    return Usage(prompt_tokens=row["p"], completion_tokens=row["c"], total_tokens=row["p"] + row["c"])
+
+
+async def record_model_call(
+    pool: Pool, *, turn_id: str, step: int, model: str, prompt_tokens: int, completion_tokens: int
+) -> None:
+    await pool.execute(
+        "INSERT INTO model_calls (turn_id, step, model, prompt_tokens, completion_tokens)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (turn_id, step) DO UPDATE SET"
+        " model = EXCLUDED.model, prompt_tokens = EXCLUDED.prompt_tokens,"
+        " completion_tokens = EXCLUDED.completion_tokens",
+        turn_id,
+        step,
+        model,
+        prompt_tokens,
+        completion_tokens,
+    )
+
+
+async def set_status(pool: Pool, *, turn_id: str, status: str, dedupe_key: str) -> None:
+    """Move an active turn to another active status, with its `status` event."""
+    async with pool.acquire() as conn, conn.transaction():
+        previous = await conn.fetchval("SELECT status FROM turns WHERE id = $1 FOR UPDATE", turn_id)
+        seq = await events.append(
+            conn,
+            turn_id=turn_id,
+            type="status",
+            payload={"status": status, "previous_status": previous},
+            dedupe_key=dedupe_key,
+        )
+        if seq is not None:
+            await conn.execute(
+                "UPDATE turns SET status = $2, started_at = coalesce(started_at, now()) WHERE id = $1",
+                turn_id,
+                status,
+            )
+
+
+async def finish(
+    pool: Pool,
+    *,
+    turn_id: str,
+    status: str,
+    terminal_event: tuple[str, dict[str, Any]],
+    error: dict[str, Any] | None = None,
+    output_message_id: str | None = None,
+) -> bool:
+    """End the turn: `status` event, terminal event, final status, conversation freed.
+
+    Idempotent: False (and nothing written) if the turn had already ended.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT status, conversation_id FROM turns WHERE id = $1 FOR UPDATE", turn_id
+        )
+        if row is None or row["status"] in events.TERMINAL_STATUSES:
+            return False
+        await events.append(
+            conn,
+            turn_id=turn_id,
+            type="status",
+            payload={"status": status, "previous_status": row["status"]},
+        )
+        event_type, payload = terminal_event
+        await events.append(conn, turn_id=turn_id, type=event_type, payload=payload)
+        await conn.execute(
+            "UPDATE turns SET status = $2, finished_at = now(), error = $3,"
+            " output_message_id = $4 WHERE id = $1",
+            turn_id,
+            status,
+            error,
+            output_message_id,
+        )
+        await conn.execute(
+            "UPDATE conversations SET active_turn_id = NULL, updated_at = now()"
+            " WHERE id = $1 AND active_turn_id = $2",
+            row["conversation_id"],
+            turn_id,
+        )
+        return True
+
+
+async def stale_queued(pool: Pool, *, older_than_seconds: float) -> list[str]:
+    """Ids of turns still queued long after creation (their workflow may never have started)."""
+    rows = await pool.fetch(
+        "SELECT id FROM turns WHERE status = 'queued'"
+        " AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT 100",
+        older_than_seconds,
+    )
+    return [r["id"] for r in rows]

@@ -1,0 +1,196 @@
+"""Shared fixtures: real PostgreSQL and Temporal (embedded), the built-in model over HTTP,
+a worker and an API server on loopback. Everything is per session; tests isolate by user
+and conversation, and script the model by a unique marker in their message."""
+
+import asyncio
+import contextlib
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from temporalio.client import Client
+
+from api.app import create_app
+from core.config import Settings
+from devstack import EmbeddedPostgres, EmbeddedTemporal, free_port
+from fakemodel import FakeModelServer
+from store import users
+from store.db import Pool, create_pool
+from store.migrate import migrate
+from worker import build_worker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Stack:
+    database_url: str
+    temporal_address: str
+    data_dir: Path
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("stack")
+    stops = []
+    database_url = os.environ.get("TEST_DATABASE_URL")
+    if not database_url:
+        pg = EmbeddedPostgres(data_dir)
+        database_url = pg.start()
+        stops.append(pg.stop)
+    temporal = EmbeddedTemporal(data_dir, persistent=False)
+    temporal_address = temporal.start()
+    stops.append(temporal.stop)
+    try:
+        yield Stack(database_url, temporal_address, data_dir)
+    finally:
+        for stop in reversed(stops):
+            stop()
+
+
+@pytest.fixture(scope="session")
+def model() -> Iterator[FakeModelServer]:
+    server = FakeModelServer(token_delay=0.0).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(stack: Stack, model: FakeModelServer) -> Settings:
+    return Settings(
+        database_url=stack.database_url,
+        temporal_address=stack.temporal_address,
+        openai_base_url=model.base_url,
+        openai_api_key="test-key",
+        temporal_task_queue=f"tests-{uuid.uuid4().hex[:8]}",
+        assistant_data_dir=stack.data_dir,
+        assistant_env="development",
+        sse_ping_interval=timedelta(seconds=15),
+    )
+
+
+@pytest.fixture(scope="session")
+async def pool(settings: Settings) -> AsyncIterator[Pool]:
+    assert settings.database_url
+    await migrate(settings.database_url)
+    pool = await create_pool(settings.database_url)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+async def temporal(settings: Settings) -> Client:
+    assert settings.temporal_address
+    return await Client.connect(settings.temporal_address)
+
+
+@pytest.fixture(scope="session")
+async def worker(temporal: Client, pool: Pool, settings: Settings) -> AsyncIterator[None]:
+    async with build_worker(temporal, pool, settings):
+        yield
+
+
+async def _serve(app: Any, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    return server, task
+
+
+@pytest.fixture(scope="session")
+async def api_url(settings: Settings, pool: Pool, worker: None) -> AsyncIterator[str]:
+    port = free_port()
+    server, task = await _serve(create_app(settings), port)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
+@dataclass
+class User:
+    id: str
+    key: str
+    client: httpx.AsyncClient
+
+
+@pytest.fixture
+async def make_user(pool: Pool, api_url: str) -> AsyncIterator[object]:
+    clients: list[httpx.AsyncClient] = []
+
+    async def factory(name: str = "tester") -> User:
+        user = await users.create_user(pool, name=name)
+        key = await users.create_key(pool, user_id=user.id, name="test")
+        client = httpx.AsyncClient(
+            base_url=api_url, headers={"Authorization": f"Bearer {key.secret}"}, timeout=60
+        )
+        clients.append(client)
+        return User(user.id, key.secret, client)
+
+    yield factory
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+async def user(make_user: object) -> User:
+    return await make_user()  # type: ignore[operator]
+
+
+def marker() -> str:
+    """A unique string to put in a message, so a model script matches only this test."""
+    return f"[t-{uuid.uuid4().hex[:10]}]"
+
+
+def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for an `assistant` child process using the test stack."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "DATABASE_URL": settings.database_url or "",
+            "TEMPORAL_ADDRESS": settings.temporal_address or "",
+            "OPENAI_BASE_URL": settings.openai_base_url or "",
+            "OPENAI_API_KEY": "test-key",
+            "TEMPORAL_TASK_QUEUE": settings.temporal_task_queue,
+            "ASSISTANT_DATA_DIR": str(settings.assistant_data_dir),
+            "LOG_FORMAT": "json",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def assistant_process(args: list[str], env: dict[str, str], log: Path) -> Iterator[object]:
+    """An `assistant …` child process, killed at the end if still running."""
+    import subprocess
+
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", *args],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
