@@ -5,6 +5,7 @@ and conversation, and script the model by a unique marker in their message."""
 import asyncio
 import contextlib
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -176,10 +177,8 @@ def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def assistant_process(args: list[str], env: dict[str, str], log: Path) -> Iterator[object]:
+def assistant_process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """An `assistant …` child process, killed at the end if still running."""
-    import subprocess
-
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "cli", *args],

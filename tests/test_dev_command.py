@@ -1,0 +1,121 @@
+"""`assistant dev` as a person runs it: one command, a URL with a key, a streamed reply,
+`assistant users create` beside it, Ctrl-C stops every child, and data survives a restart."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+import pytest
+from httpx_sse import connect_sse
+
+from devstack import free_port
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+_URL = re.compile(r"Open (http://127\.0\.0\.1:\d+)/#key=(sk-asst-[A-Za-z0-9]+)")
+
+
+def _env(data_dir) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "TEMPORAL_", "OPENAI_"))}
+    env.update({"ASSISTANT_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING"})
+    return env
+
+
+def _start_dev(data_dir, port, log):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "dev", "--port", str(port)],
+        env=_env(data_dir),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    lines = []
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        match = _URL.search(line)
+        if match:
+            return proc, match[1], match[2], lines
+    proc.kill()
+    raise AssertionError(f"assistant dev printed no URL: {lines}")
+
+
+def _stop_dev(proc) -> list[psutil.Process]:
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "dev runs its services as child processes"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    return alive
+
+
+def _stream_reply(base: str, key: str, conversation_id: str, content: str) -> list[dict]:
+    headers = {"Authorization": f"Bearer {key}"}
+    with (
+        httpx.Client(base_url=base, headers=headers, timeout=60) as client,
+        connect_sse(
+            client, "POST", f"/api/v1/conversations/{conversation_id}/messages", json={"content": content}
+        ) as source,
+    ):
+        return [json.loads(e.data) for e in source.iter_sse()]
+
+
+def test_dev_runs_everything_and_stops_cleanly(tmp_path):
+    data_dir = tmp_path / "data"
+    port = free_port()
+    with open(tmp_path / "dev.log", "w") as log:
+        proc, base, key, lines = _start_dev(data_dir, port, log)
+        try:
+            assert any("built-in offline model" in line for line in lines)
+            headers = {"Authorization": f"Bearer {key}"}
+            conv = httpx.post(f"{base}/api/v1/conversations", json={"title": "dev"}, headers=headers).json()
+            events = _stream_reply(base, key, conv["id"], "What are you?")
+            assert events[-1]["type"] == "complete"
+            assert "What are you?" in events[-1]["content"]  # the demo model echoes the question
+            assert "".join(e["content"] for e in events if e["type"] == "token") == events[-1]["content"]
+
+            created = subprocess.run(
+                [sys.executable, "-m", "cli", "users", "create", "alice", "--json"],
+                env=_env(data_dir),
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            alice = json.loads(created.stdout)
+            me = httpx.get(f"{base}/api/v1/auth/me", headers={"Authorization": f"Bearer {alice['api_key']}"})
+            assert me.status_code == 200 and me.json()["id"] == alice["user_id"]
+        finally:
+            alive = _stop_dev(proc)
+        assert alive == [], f"orphans left behind: {alive}"
+        assert not (data_dir / "dev-services.json").exists()
+
+        # Data survives a restart, and the printed key still works.
+        proc, base, key2, _ = _start_dev(data_dir, port, log)
+        try:
+            assert key2 == key
+            listed = httpx.get(
+                f"{base}/api/v1/conversations", headers={"Authorization": f"Bearer {key}"}
+            ).json()
+            assert [c["id"] for c in listed["data"]] == [conv["id"]]
+            messages = httpx.get(
+                f"{base}/api/v1/conversations/{conv['id']}/messages",
+                headers={"Authorization": f"Bearer {key}"},
+            ).json()["data"]
+            assert [m["role"] for m in messages] == ["user", "assistant"]
+        finally:
+            alive = _stop_dev(proc)
+        assert alive == []
