@@ -49,10 +49,12 @@ def build_worker(client: Client, pool: Pool, settings: Settings) -> Worker:
     )
 
 
-async def reconcile_queued_turns(client: Client, pool: Pool, settings: Settings) -> int:
+async def reconcile_queued_turns(
+    client: Client, pool: Pool, settings: Settings, *, grace_seconds: float = _QUEUED_GRACE_SECONDS
+) -> int:
     """Start the workflow of every turn left queued past a grace period; how many were started."""
     started = 0
-    for turn_id in await turns.stale_queued(pool, older_than_seconds=_QUEUED_GRACE_SECONDS):
+    for turn_id in await turns.stale_queued(pool, older_than_seconds=grace_seconds):
         turn = await turns.get_by_id(pool, turn_id=turn_id)
         if turn is None:
             continue
