@@ -36,6 +36,8 @@ class ModelActivities:
     @activity.defn(name=c.STREAM_MODEL_REPLY)
     async def stream_reply(self, step: c.ModelStepInput) -> c.ModelStepResult:
         attempt = activity.info().attempt
+        if attempt > 1:
+            activity.logger.warning("model call retried", extra={"turn_id": step.turn_id, "attempt": attempt})
         message_id = assistant_message_id(step.turn_id, step.step)
         conversation = await conversations.get_by_id(self._pool, conversation_id=step.conversation_id)
         if conversation is None:
@@ -89,7 +91,7 @@ class ModelActivities:
                     "tool_calls": stored.tool_calls,
                 }
             },
-            dedupe_key=f"message:{message_id}",
+            dedupe_key=f"message:{message_id}:{attempt}",
         )
         return c.ModelStepResult(
             message_id=message_id,

@@ -3,8 +3,11 @@ that owns the pool, the Temporal connector and the event hub."""
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 from api import problems
 from api.hub import EventHub
@@ -48,6 +51,13 @@ def create_app(settings: Settings) -> FastAPI:
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
+    static = Path(__file__).parent / "static"
+    app.mount("/static", StaticFiles(directory=static), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def web_ui() -> FileResponse:
+        return FileResponse(static / "index.html")
+
     # Outermost first: the edge sets the request id and limits the body before anything reads it.
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_request_bytes)

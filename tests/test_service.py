@@ -88,3 +88,12 @@ async def test_turn_left_queued_is_started_by_the_reconciler(user, model, pool, 
     done = await wait_turn(user.client, turn.id)
     assert done["status"] == "completed"
     assert done["output"]["content"] == "recovered"
+
+
+async def test_web_page_is_served(api_url):
+    async with httpx.AsyncClient(base_url=api_url) as client:
+        page = await client.get("/")
+        script = await client.get("/static/chat.js")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert '<script src="/static/chat.js">' in page.text
+    assert script.status_code == 200 and "textContent" in script.text
