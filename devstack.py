@@ -8,6 +8,7 @@ unprivileged system user, since postgres refuses to run as root.
 """
 
 import ctypes
+import logging
 import os
 import pwd
 import shutil
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -107,6 +109,9 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> str:
+        # pgserver logs every command it runs at INFO, and warns about XDG_RUNTIME_DIR on import.
+        logging.getLogger("pgserver").setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
         from pgserver._commands import POSTGRES_BIN_PATH, initdb  # type: ignore[attr-defined]
 
         user = self._system_user()

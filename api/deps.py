@@ -5,10 +5,12 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import Depends, Query, Request
+from pydantic import AfterValidator
 from temporalio.client import Client
 
 from api.hub import EventHub
 from api.problems import Problem
+from api.schemas import storable
 from core.config import Settings
 from store import users
 from store.db import Pool
@@ -79,8 +81,8 @@ CurrentUser = Annotated[Caller, Depends(get_caller)]
 def _page_request(default_order: Literal["asc", "desc"]) -> Callable[..., PageRequest]:
     def page_request(
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
-        after: Annotated[str | None, Query(max_length=100)] = None,
-        before: Annotated[str | None, Query(max_length=100)] = None,
+        after: Annotated[str | None, Query(max_length=100), AfterValidator(storable)] = None,
+        before: Annotated[str | None, Query(max_length=100), AfterValidator(storable)] = None,
         order: Literal["asc", "desc"] | None = None,
     ) -> PageRequest:
         if after is not None and before is not None:

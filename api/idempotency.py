@@ -23,7 +23,7 @@ def request_hash(method: str, path: str, body: bytes) -> str:
     """Same method, path and JSON body (whatever its formatting) → same hash."""
     try:
         canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON (or nested past the parser): the route refuses it
         canonical = body
     return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + canonical).hexdigest()
 
@@ -126,7 +126,9 @@ class IdempotencyMiddleware:
             await self.app(scope, _replay_body(body), capture)
         finally:
             status = captured["status"]
-            if 0 < status < 500:
+            # A redirect (FastAPI's trailing-slash one) did nothing: the key stays free for the
+            # redirected request, which a client following it sends with the same key.
+            if 200 <= status < 300 or 400 <= status < 500:
                 kept = {
                     k.decode(): v.decode()
                     for k, v in captured["headers"]
@@ -137,11 +139,24 @@ class IdempotencyMiddleware:
                     user_id=user_id,
                     key=key,
                     status=status,
-                    body=captured["body"],
+                    body=_without_secret(captured["body"]),
                     headers=kept,
                 )
             else:
                 await idempotency.release(pool, user_id=user_id, key=key)
+
+
+def _without_secret(body: bytes) -> bytes:
+    """The body to keep for replays, less any `secret` (a new API key is shown once, and
+    only its hash is ever stored): a replay of `POST /auth/keys` returns the key without it."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body
+    if isinstance(parsed, dict) and "secret" in parsed:
+        parsed.pop("secret")
+        return json.dumps(parsed).encode()
+    return body
 
 
 async def _read_body(receive: Receive) -> bytes:

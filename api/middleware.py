@@ -7,6 +7,7 @@ import uuid
 from urllib.parse import parse_qsl
 
 import structlog
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import problem_response
@@ -17,8 +18,16 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _CREDENTIAL_PARAMS = {"api_key", "key", "token", "access_token"}
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    """Raised while reading a body (sent without Content-Length) once it passes the limit.
+
+    An HTTPException, because FastAPI re-raises those from body parsing (where any other
+    exception becomes a 400) and its handler then answers 413; raised outside FastAPI (by
+    the idempotency middleware) it reaches `EdgeMiddleware`, which answers the same.
+    """
+
+    def __init__(self, max_body_bytes: int) -> None:
+        super().__init__(413, f"the request body exceeds {max_body_bytes} bytes")
 
 
 class EdgeMiddleware:
@@ -78,6 +87,9 @@ class EdgeMiddleware:
                 "credentials are not accepted in the query string; use the Authorization header",
                 request_id=request_id,
             )
+        # No id contains U+0000 (`%00`), and PostgreSQL cannot even compare text holding one.
+        if "\x00" in scope["path"]:
+            return problem_response(404, "not_found", "no such resource", request_id=request_id)
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             return self._too_large(request_id)
@@ -100,7 +112,7 @@ class EdgeMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body_bytes:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(self.max_body_bytes)
             return message
 
         return limited_receive

@@ -146,6 +146,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers 400 for a body json.loads cannot take (invalid UTF-8, nesting past
+        # the recursion limit, integers past Python's digit limit): that is invalid JSON too.
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+            return problem_response(
+                400,
+                "invalid_json",
+                "the request body is not valid JSON",
+                request_id=request_id_of(request),
+            )
         code = _HTTP_CODES.get(exc.status_code, "error")
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         return problem_response(

@@ -1,19 +1,52 @@
 """Public request and response models, separated by role (Create / Update / Public)."""
 
+import math
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 T = TypeVar("T")
 
 _TOOL_NAME = r"^[A-Za-z0-9_\-]{1,128}$"
+# Request JSON is an annotation or a call's arguments, not a document; the limit also keeps
+# it well inside what the response serializer accepts (it fails at ~255 levels).
+MAX_JSON_DEPTH = 32
+
+
+def storable(value: Any) -> Any:
+    """`value` unchanged, or ValueError if PostgreSQL could not store it or it nests too deep.
+
+    text and jsonb cannot hold U+0000, and jsonb has no NaN or ±Infinity (Python's JSON
+    parser accepts all three).
+    """
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:  # a loop, not recursion: the nesting is the client's to choose
+        item, depth = stack.pop()
+        if isinstance(item, str) and "\x00" in item:
+            raise ValueError("must not contain the NUL character (U+0000)")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite (no NaN or Infinity)")
+        if isinstance(item, dict | list) and depth >= MAX_JSON_DEPTH:
+            raise ValueError(f"must not be nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(item, dict):
+            stack.extend((key, depth) for key in item)
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return value
 
 
 class Strict(BaseModel):
-    """Request bodies refuse unknown fields, so a typo is an error, not silently ignored."""
+    """Request bodies refuse unknown fields, so a typo is an error, not silently ignored,
+    and values the database cannot store, so they are a 422 naming the field, not a 500."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        return storable(value)
 
 
 class ConversationCreate(Strict):

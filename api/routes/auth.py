@@ -32,6 +32,14 @@ async def create_key(
     return created.model_dump()
 
 
+@router.get("/keys/{key_id}", response_model=KeyPublic)
+async def get_key(key_id: str, caller: CurrentUser, pool: StoreDep) -> Any:
+    found = next((k for k in await users.list_keys(pool, user_id=caller.id) if k.id == key_id), None)
+    if found is None:
+        raise Problem(404, "not_found", f"no API key {key_id}")
+    return found.model_dump()
+
+
 @router.delete("/keys/{key_id}", status_code=204)
 async def revoke_key(key_id: str, caller: CurrentUser, pool: StoreDep) -> Response:
     if not await users.revoke_key(pool, user_id=caller.id, key_id=key_id):

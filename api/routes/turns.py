@@ -63,7 +63,7 @@ def _resume_point(after: int | None, last_event_id: str | None) -> int:
     if last_event_id is None or last_event_id.strip() == "":
         return 0
     value = last_event_id.strip()
-    if not value.isdigit() or len(value) > 9:
+    if not (value.isascii() and value.isdigit()) or len(value) > 9:
         raise Problem(
             422,
             "validation_failed",
