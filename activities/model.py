@@ -7,7 +7,7 @@ message under a deterministic id, so a retry overwrites instead of duplicating.
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import openai
@@ -44,7 +44,6 @@ class ModelActivities:
             raise ApplicationError("the conversation was deleted", type="internal_error", non_retryable=True)
         model = conversation.model or self._settings.assistant_model
         request = await self._request_messages(conversation.system_prompt, step.conversation_id)
-        await events.begin_stream(self._pool, turn_id=step.turn_id, message_id=message_id, attempt=attempt)
         relay = TokenRelay(
             self._pool,
             turn_id=step.turn_id,
@@ -54,7 +53,10 @@ class ModelActivities:
         )
         async with _heartbeating():
             try:
-                reply = await self._stream(model, request, relay)
+                begin = turns.begin_model_stream(
+                    self._pool, turn_id=step.turn_id, message_id=message_id, attempt=attempt
+                )
+                reply = await self._stream(model, request, relay, begin)
             except (openai.OpenAIError, OSError) as err:
                 relay.abandon()
                 raise classify(err) from err
@@ -116,15 +118,28 @@ class ModelActivities:
             request.append(item)
         return request
 
-    async def _stream(self, model: str, request: list[Any], relay: TokenRelay) -> "_Reply":
+    async def _stream(
+        self, model: str, request: list[Any], relay: TokenRelay, begin: Coroutine[Any, Any, None]
+    ) -> "_Reply":
+        """Stream the reply into `relay`; `begin` (taking the turn's stream) runs meanwhile.
+
+        The model request and the `begin` transaction overlap, since both take a few
+        milliseconds before the first token; `begin` always ends before any token is written.
+        """
         reply = _Reply()
-        stream = await self._client.chat.completions.create(
-            model=model,
-            messages=request,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
+        began = asyncio.create_task(begin)
+        try:
+            stream = await self._client.chat.completions.create(
+                model=model,
+                messages=request,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        except BaseException:
+            await asyncio.gather(began, return_exceptions=True)
+            raise
         async with stream:
+            await began
             async for chunk in stream:
                 if chunk.usage is not None:
                     reply.prompt_tokens = chunk.usage.prompt_tokens

@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     max_steps: int = 10
     approval_timeout: Duration = timedelta(hours=24)
     # Token events are batched: the first at once, then at most one row per interval.
-    token_batch_interval: Duration = timedelta(milliseconds=40)
+    token_batch_interval: Duration = timedelta(milliseconds=30)
     sse_ping_interval: Duration = timedelta(seconds=15)
 
     @computed_field  # type: ignore[prop-decorator]

@@ -149,18 +149,68 @@ async def set_status(pool: Pool, *, turn_id: str, status: str, dedupe_key: str) 
     """Move an active turn to another active status, with its `status` event."""
     async with pool.acquire() as conn, conn.transaction():
         previous = await conn.fetchval("SELECT status FROM turns WHERE id = $1 FOR UPDATE", turn_id)
-        seq = await events.append(
-            conn,
-            turn_id=turn_id,
-            type="status",
-            payload={"status": status, "previous_status": previous},
-            dedupe_key=dedupe_key,
+        await _transition(conn, turn_id=turn_id, status=status, previous=previous, dedupe_key=dedupe_key)
+
+
+async def _transition(
+    conn: Connection, *, turn_id: str, status: str, previous: str | None, dedupe_key: str
+) -> None:
+    """Append the `status` event and change the row; the caller holds the turn's row lock."""
+    seq = await events.append(
+        conn,
+        turn_id=turn_id,
+        type="status",
+        payload={"status": status, "previous_status": previous},
+        dedupe_key=dedupe_key,
+    )
+    if seq is not None:
+        await conn.execute(
+            "UPDATE turns SET status = $2, started_at = coalesce(started_at, now()) WHERE id = $1",
+            turn_id,
+            status,
         )
-        if seq is not None:
-            await conn.execute(
-                "UPDATE turns SET status = $2, started_at = coalesce(started_at, now()) WHERE id = $1",
-                turn_id,
-                status,
+
+
+async def begin_model_stream(pool: Pool, *, turn_id: str, message_id: str, attempt: int) -> None:
+    """Make `attempt` the owner of the turn's stream, in one transaction.
+
+    A queued turn becomes `running` here rather than in an activity of its own: that saves a
+    round trip through Temporal before the first token, the latency users feel most.
+    `reset` is sent only when the newest token/reset event of this message is a token of an
+    earlier attempt: a retry that follows a failure before any text needs none.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        current = await conn.fetchrow(
+            "SELECT status, stream_message_id, stream_attempt FROM turns WHERE id = $1 FOR UPDATE",
+            turn_id,
+        )
+        if current is None:
+            raise events.TurnClosed(f"turn {turn_id} does not exist")
+        if current["stream_message_id"] == message_id and current["stream_attempt"] > attempt:
+            raise events.StaleAttempt(f"attempt {attempt} of {message_id} is older than the current")
+        if current["status"] == "queued":
+            await _transition(
+                conn, turn_id=turn_id, status="running", previous="queued", dedupe_key="status:running:1"
+            )
+        last_type = await conn.fetchval(
+            "SELECT type FROM events WHERE turn_id = $1 AND type IN ('token', 'reset')"
+            " AND payload->>'message_id' = $2 ORDER BY seq DESC LIMIT 1",
+            turn_id,
+            message_id,
+        )
+        await conn.execute(
+            "UPDATE turns SET stream_message_id = $2, stream_attempt = $3 WHERE id = $1",
+            turn_id,
+            message_id,
+            attempt,
+        )
+        if last_type == "token":
+            await events.append(
+                conn,
+                turn_id=turn_id,
+                type="reset",
+                payload={"message_id": message_id, "attempt": attempt},
+                stream=(message_id, attempt),
             )
 
 

@@ -21,7 +21,8 @@ class TurnWorkflow:
     @workflow.run
     async def run(self, turn: c.TurnInput) -> c.TurnOutcome:
         try:
-            await self._set_status(turn, "running", "status:running:1")
+            # The model activity marks the turn `running` as it starts (one round trip fewer
+            # before the first token); `_set_status` serves later transitions.
             return await self._steps(turn)
         except asyncio.CancelledError:
             return await self._finish(turn, "cancelled")
