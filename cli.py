@@ -18,9 +18,9 @@ def _settings() -> Settings:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    import devstack
+    import devrun
 
-    return devstack.run_dev(host=args.host, port=args.port)
+    return devrun.run_dev(host=args.host, port=args.port)
 
 
 def cmd_api(args: argparse.Namespace) -> int:

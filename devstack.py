@@ -82,17 +82,31 @@ def stop_process(proc: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, ti
         proc.wait()
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], *, timeout: float, what: str, log: Path) -> None:
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], *, timeout: float, what: str, log: Path | None = None
+) -> None:
+    see = f"; see {log}" if log else ""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}; see {log}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}{see}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError(f"{what} did not listen on port {port} within {timeout}s; see {log}")
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout}s{see}")
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Fail early and clearly when something else already listens on the port."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise RuntimeError(
+                f"cannot listen on {host}:{port} ({err.strerror}); choose another --port"
+            ) from err
 
 
 class EmbeddedPostgres:
@@ -226,117 +240,3 @@ class EmbeddedTemporal:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc, sig=signal.SIGTERM, timeout=15)
-
-
-_DEV_KEY_FILE = "dev-login.key"
-
-
-async def _prepare_database(dsn: str, data_dir: Path) -> str:
-    """Migrate, and return the dev login key (created with a default user on first start)."""
-    from store import users
-    from store.db import create_pool
-    from store.migrate import migrate
-
-    await migrate(dsn)
-    key_file = data_dir / _DEV_KEY_FILE
-    pool = await create_pool(dsn, min_size=1, max_size=1)
-    try:
-        if key_file.exists():
-            secret = key_file.read_text().strip()
-            if await users.authenticate(pool, secret=secret) is not None:
-                return secret
-        user = await users.find_user_by_name(pool, name="dev") or await users.create_user(pool, name="dev")
-        key = await users.create_key(pool, user_id=user.id, name="dev login")
-        key_file.write_text(key.secret)
-        key_file.chmod(0o600)
-        return key.secret
-    finally:
-        await pool.close()
-
-
-def run_dev(*, host: str, port: int) -> int:
-    """`assistant dev`: embedded services, a worker and the API, until Ctrl-C."""
-    import asyncio
-    import json
-
-    from core.config import Settings
-    from core.logging import configure_logging
-
-    settings = Settings(assistant_env="development")
-    configure_logging(settings.log_level, settings.effective_log_format)
-    data_dir = settings.assistant_data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    stopping = {"signal": 0}
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stopping["signal"] = signum
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-
-    services: list[tuple[str, Callable[[], None]]] = []
-    env = dict(os.environ, ASSISTANT_ENV="development", ASSISTANT_DATA_DIR=str(data_dir))
-    try:
-        if not settings.database_url:
-            pg = EmbeddedPostgres(data_dir)
-            env["DATABASE_URL"] = pg.start()
-            services.append(("postgres", pg.stop))
-        if not settings.temporal_address:
-            temporal = EmbeddedTemporal(data_dir)
-            env["TEMPORAL_ADDRESS"] = temporal.start()
-            services.append(("temporal", temporal.stop))
-        offline = not settings.openai_base_url and not settings.openai_api_key
-        if offline:
-            model_port = free_port()
-            model = spawn(
-                [sys.executable, "-m", "cli", "fake-model", "--port", str(model_port)],
-                env=env,
-                log_path=data_dir / "fake-model.log",
-            )
-            wait_for_port(
-                model_port,
-                model,
-                timeout=30,
-                what="built-in model",
-                log=data_dir / "fake-model.log",
-            )
-            services.append(("model", lambda: stop_process(model)))
-            env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{model_port}/v1"
-            env["OPENAI_API_KEY"] = "offline"
-        secret = asyncio.run(_prepare_database(env["DATABASE_URL"], data_dir))
-        state_path = data_dir / "dev-services.json"
-        state_path.write_text(
-            json.dumps(
-                {
-                    "pid": os.getpid(),
-                    "database_url": env["DATABASE_URL"],
-                    "temporal_address": env["TEMPORAL_ADDRESS"],
-                    "openai_base_url": env["OPENAI_BASE_URL"] if offline else None,
-                }
-            )
-        )
-        services.append(("state", lambda: state_path.unlink(missing_ok=True)))
-        worker = spawn([sys.executable, "-m", "cli", "worker"], env=env)
-        services.append(("worker", lambda: stop_process(worker)))
-        api = spawn([sys.executable, "-m", "cli", "api", "--host", host, "--port", str(port)], env=env)
-        services.append(("api", lambda: stop_process(api)))
-        wait_for_port(port, api, timeout=60, what="API", log=data_dir / "api.log")
-        if offline:
-            print(
-                "No model configured (OPENAI_BASE_URL/OPENAI_API_KEY): using the built-in offline model.",
-                flush=True,
-            )
-        print(f"Assistant running. Open http://{host}:{port}/#key={secret}", flush=True)
-        print(f"API: http://{host}:{port}/api/v1  (Authorization: Bearer {secret})", flush=True)
-        print("Press Ctrl-C to stop.", flush=True)
-        children = {"worker": worker, "api": api}
-        while not stopping["signal"]:
-            for name, proc in children.items():
-                if proc.poll() is not None:
-                    print(f"{name} exited with {proc.returncode}; stopping", file=sys.stderr)
-                    return 1
-            time.sleep(0.2)
-        return 0
-    finally:
-        for _name, stop in reversed(services):
-            stop()

@@ -119,3 +119,23 @@ def test_dev_runs_everything_and_stops_cleanly(tmp_path):
         finally:
             alive = _stop_dev(proc)
         assert alive == []
+
+
+def test_dev_refuses_a_busy_port_clearly(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "cli", "dev", "--port", str(port)],
+            env=_env(tmp_path / "data"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
