@@ -7,7 +7,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint bench clean
+# Debian packages the tests use (checked by command), installed with apt-get when missing.
+DEBIAN_TEST_PACKAGES := docker-compose:docker-compose
+
+.PHONY: dev test lint bench clean debian-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +21,14 @@ $(STAMP): pyproject.toml
 dev: $(STAMP)
 	$(BIN)/assistant dev
 
-test: $(STAMP) lint
+debian-deps:
+	@missing=""; for pair in $(DEBIAN_TEST_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+test: $(STAMP) lint debian-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from core.config import Settings
+from core.config import Settings, read_dev_state
 from devstack import (
     EmbeddedPostgres,
     EmbeddedTemporal,
@@ -58,6 +58,14 @@ class _DevRun:
         self.settings = settings
         self.data_dir = data_dir
         self.env = dict(os.environ, ASSISTANT_ENV="development", ASSISTANT_DATA_DIR=str(data_dir))
+        # Addresses may come from `.env` (read by Settings) rather than the environment.
+        for name, value in (
+            ("DATABASE_URL", settings.database_url),
+            ("TEMPORAL_ADDRESS", settings.temporal_address),
+            ("OPENAI_BASE_URL", settings.openai_base_url),
+        ):
+            if value:
+                self.env[name] = value
         self.offline = not settings.openai_base_url and not settings.openai_api_key
         self._stops: list[Callable[[], None]] = []
         self.children: dict[str, subprocess.Popen[bytes]] = {}
@@ -68,10 +76,14 @@ class _DevRun:
             pg = EmbeddedPostgres(self.data_dir)
             self.env["DATABASE_URL"] = pg.start()
             self._stops.append(pg.stop)
+            assert pg.proc is not None
+            self.children["postgres"] = pg.proc
         if not self.settings.temporal_address:
             temporal = EmbeddedTemporal(self.data_dir)
             self.env["TEMPORAL_ADDRESS"] = temporal.start()
             self._stops.append(temporal.stop)
+            assert temporal.proc is not None
+            self.children["temporal"] = temporal.proc
         if self.offline:
             port = free_port()
             log = self.data_dir / "fake-model.log"
@@ -136,6 +148,10 @@ def run_dev(*, host: str, port: int) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    running = read_dev_state(settings.dev_state_path())
+    if running is not None:
+        print(f"assistant dev: already running in {data_dir} (pid {running['pid']})", file=sys.stderr)
+        return 1
     run = _DevRun(settings, data_dir)
     try:
         ensure_port_free(host, port)

@@ -54,7 +54,8 @@ def spawn(
 
     (The kernel ties PR_SET_PDEATHSIG to the thread that forked the child.)
     """
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    # Without a log file the child writes to our terminal (dev shows the worker's and API's logs).
+    out = open(log_path, "ab") if log_path else None  # noqa: SIM115
     try:
         return subprocess.Popen(
             args,
@@ -66,8 +67,8 @@ def spawn(
             preexec_fn=_die_with_parent(stop_signal),
         )
     finally:
-        if log_path:
-            out.close()  # type: ignore[union-attr]
+        if out is not None:
+            out.close()
 
 
 def stop_process(proc: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
@@ -138,7 +139,7 @@ class EmbeddedPostgres:
                 pgdata=self.pgdata,
                 user=user,
             )
-        (self.pgdata / "postmaster.pid").unlink(missing_ok=True)  # left by a kill -9 of a parent
+        self._clear_stale_lock()
         self.port = free_port()
         self.proc = spawn(
             [
@@ -166,6 +167,20 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc, sig=signal.SIGINT, timeout=30)  # SIGINT: fast shutdown
+
+    def _clear_stale_lock(self) -> None:
+        """Remove the lock file of a postgres that died with a kill -9; refuse a live one's."""
+        lock = self.pgdata / "postmaster.pid"
+        try:
+            pid = int(lock.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            lock.unlink(missing_ok=True)
+            return
+        raise RuntimeError(f"a PostgreSQL server (pid {pid}) already runs on {self.pgdata}")
 
     def _system_user(self) -> str | None:
         if os.geteuid() != 0:

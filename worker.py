@@ -13,12 +13,13 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.model import ModelActivities
+from activities.tools import ToolActivities
 from activities.turn import TurnActivities
 from core.config import Settings
-from core.contracts import TurnInput
-from store import turns
+from store import approvals, catalog, idempotency, turns
 from store.db import Pool, create_pool
-from workflows.client import start_turn
+from tools.registry import ToolRegistry, build_registry
+from workflows.client import signal_decision, start_turn, turn_input
 from workflows.turn import TurnWorkflow
 
 log = structlog.get_logger(__name__)
@@ -37,15 +38,44 @@ def model_client(settings: Settings) -> openai.AsyncOpenAI:
     )
 
 
-def build_worker(client: Client, pool: Pool, settings: Settings) -> Worker:
-    model = ModelActivities(pool, model_client(settings), settings)
+def build_worker(client: Client, pool: Pool, settings: Settings, registry: ToolRegistry) -> Worker:
+    model = ModelActivities(pool, model_client(settings), settings, registry)
     turn = TurnActivities(pool)
+    tools = ToolActivities(pool, registry)
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,
         workflows=[TurnWorkflow],
-        activities=[model.stream_reply, turn.set_status, turn.finish],
+        activities=[
+            model.stream_reply,
+            turn.set_status,
+            turn.finish,
+            tools.prepare,
+            tools.run,
+            tools.record,
+            tools.expire,
+        ],
         graceful_shutdown_timeout=timedelta(seconds=5),
+        # Cancellation reaches an activity with a heartbeat's answer: keep that prompt.
+        max_heartbeat_throttle_interval=timedelta(milliseconds=500),
+    )
+
+
+async def publish_tools(pool: Pool, registry: ToolRegistry) -> None:
+    """Tell the API (through the catalog table) which tools this worker runs."""
+    await catalog.publish(
+        pool,
+        tools=[
+            catalog.CatalogTool(
+                name=spec.name,
+                description=spec.description,
+                input_schema=spec.input_schema,
+                requires_confirmation=spec.requires_confirmation,
+                source=spec.source,
+                healthy=True,
+            )
+            for spec in registry.specs()
+        ],
     )
 
 
@@ -58,11 +88,8 @@ async def reconcile_queued_turns(
         turn = await turns.get_by_id(pool, turn_id=turn_id)
         if turn is None:
             continue
-        task = TurnInput(
-            turn_id=turn.id,
-            conversation_id=turn.conversation_id,
-            user_id=turn.user_id,
-            max_steps=settings.max_steps,
+        task = turn_input(
+            turn_id=turn.id, conversation_id=turn.conversation_id, user_id=turn.user_id, settings=settings
         )
         if await start_turn(client, task, task_queue=settings.temporal_task_queue):
             log.warning("started a turn left queued", turn_id=turn_id)
@@ -70,10 +97,24 @@ async def reconcile_queued_turns(
     return started
 
 
+async def resignal_decisions(client: Client, pool: Pool, *, older_than_seconds: float = 10.0) -> int:
+    """Tell workflows of decisions the API recorded but could not signal; how many were sent."""
+    sent = 0
+    for approval in await approvals.unsignalled(pool, older_than_seconds=older_than_seconds):
+        if await signal_decision(
+            client, turn_id=approval.turn_id, approval_id=approval.id, decision=approval.status
+        ):
+            await approvals.mark_signalled(pool, approval_id=approval.id)
+            sent += 1
+    return sent
+
+
 async def _reconcile_forever(client: Client, pool: Pool, settings: Settings) -> None:
     while True:
         try:
             await reconcile_queued_turns(client, pool, settings)
+            await resignal_decisions(client, pool)
+            await idempotency.forget_expired(pool)
         except Exception:
             log.exception("reconciling queued turns failed")
         await asyncio.sleep(_RECONCILE_EVERY)
@@ -87,7 +128,9 @@ async def run_worker(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    worker = build_worker(client, pool, settings)
+    registry = build_registry(settings, pool)
+    await publish_tools(pool, registry)
+    worker = build_worker(client, pool, settings, registry)
     reconciler = asyncio.create_task(_reconcile_forever(client, pool, settings))
     log.info("worker started", task_queue=settings.temporal_task_queue)
     try:

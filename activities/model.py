@@ -18,20 +18,26 @@ from activities.model_errors import classify
 from activities.relay import TokenRelay
 from core import contracts as c
 from core.config import Settings
+from core.errors import StaleAttempt, TurnClosed
 from core.ids import assistant_message_id
-from store import conversations, events, messages, turns
+from store import conversations, messages, turns
 from store.db import Pool
+from tools.registry import ToolRegistry
 
-_HEARTBEAT_EVERY = 1.0
+# Frequent heartbeats carry cancellation back quickly (the worker throttles them to 0.5 s).
+_HEARTBEAT_EVERY = 0.25
 
 
 class ModelActivities:
     """Activities that call the model; built once per worker with its clients."""
 
-    def __init__(self, pool: Pool, client: openai.AsyncOpenAI, settings: Settings) -> None:
+    def __init__(
+        self, pool: Pool, client: openai.AsyncOpenAI, settings: Settings, registry: ToolRegistry
+    ) -> None:
         self._pool = pool
         self._client = client
         self._settings = settings
+        self._registry = registry
 
     @activity.defn(name=c.STREAM_MODEL_REPLY)
     async def stream_reply(self, step: c.ModelStepInput) -> c.ModelStepResult:
@@ -51,28 +57,32 @@ class ModelActivities:
             attempt=attempt,
             interval=self._settings.token_batch_interval,
         )
-        async with _heartbeating():
-            try:
-                begin = turns.begin_model_stream(
-                    self._pool, turn_id=step.turn_id, message_id=message_id, attempt=attempt
-                )
-                reply = await self._stream(model, request, relay, begin)
-            except (openai.OpenAIError, OSError) as err:
-                relay.abandon()
-                raise classify(err) from err
-            except BaseException:
-                relay.abandon()
-                raise
-            await relay.close()
-        tool_calls = reply.tool_calls_json()
-        stored = await messages.upsert_assistant_message(
-            self._pool,
-            message_id=message_id,
-            conversation_id=step.conversation_id,
-            turn_id=step.turn_id,
-            content=relay.text,
-            tool_calls=tool_calls or None,
+        tools = [spec.openai_function() for spec in self._registry.for_conversation(conversation.tools)]
+        begin = turns.begin_model_stream(
+            self._pool, turn_id=step.turn_id, message_id=message_id, attempt=attempt
         )
+        try:
+            async with _heartbeating():
+                try:
+                    reply = await self._stream(model, request, tools, relay, begin)
+                    await relay.close()
+                except openai.OpenAIError as err:  # transport errors arrive wrapped as these too
+                    raise classify(err) from err
+                finally:
+                    relay.abandon()
+            tool_calls = reply.tool_calls_json()
+            await turns.store_model_message(
+                self._pool,
+                turn_id=step.turn_id,
+                conversation_id=step.conversation_id,
+                message_id=message_id,
+                attempt=attempt,
+                content=relay.text,
+                tool_calls=tool_calls or None,
+            )
+        except (TurnClosed, StaleAttempt) as err:
+            # No retry can help: the turn ended, or a newer attempt owns the stream.
+            raise ApplicationError(str(err), type=err.code, non_retryable=True) from err
         await turns.record_model_call(
             self._pool,
             turn_id=step.turn_id,
@@ -80,20 +90,6 @@ class ModelActivities:
             model=model,
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,
-        )
-        await events.append_one(
-            self._pool,
-            turn_id=step.turn_id,
-            type="message",
-            payload={
-                "message": {
-                    "id": stored.id,
-                    "role": "assistant",
-                    "content": stored.content,
-                    "tool_calls": stored.tool_calls,
-                }
-            },
-            dedupe_key=f"message:{message_id}:{attempt}",
         )
         return c.ModelStepResult(
             message_id=message_id,
@@ -119,7 +115,12 @@ class ModelActivities:
         return request
 
     async def _stream(
-        self, model: str, request: list[Any], relay: TokenRelay, begin: Coroutine[Any, Any, None]
+        self,
+        model: str,
+        request: list[Any],
+        tools: list[dict[str, Any]],
+        relay: TokenRelay,
+        begin: Coroutine[Any, Any, None],
     ) -> "_Reply":
         """Stream the reply into `relay`; `begin` (taking the turn's stream) runs meanwhile.
 
@@ -129,11 +130,14 @@ class ModelActivities:
         reply = _Reply()
         began = asyncio.create_task(begin)
         try:
+            # Tools only when there are some: some endpoints refuse an empty list.
+            extra: dict[str, Any] = {"tools": tools} if tools else {}
             stream = await self._client.chat.completions.create(
                 model=model,
                 messages=request,
                 stream=True,
                 stream_options={"include_usage": True},
+                **extra,
             )
         except BaseException:
             await asyncio.gather(began, return_exceptions=True)

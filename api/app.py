@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -13,7 +14,7 @@ from api import problems
 from api.hub import EventHub
 from api.idempotency import IdempotencyMiddleware
 from api.middleware import EdgeMiddleware
-from api.routes import auth, conversations, health, messages, turns
+from api.routes import approvals, auth, conversations, health, messages, tools, turns
 from api.temporal import TemporalConnector
 from core.config import Settings
 from store.db import create_pool
@@ -47,7 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     problems.install(app)
     v1 = APIRouter(prefix="/api/v1")
-    for module in (auth, conversations, messages, turns):
+    for module in (auth, conversations, messages, turns, approvals, tools):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
@@ -59,6 +60,20 @@ def create_app(settings: Settings) -> FastAPI:
         return FileResponse(static / "index.html")
 
     # Outermost first: the edge sets the request id and limits the body before anything reads it.
+    if settings.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "Last-Event-ID",
+                "X-Request-ID",
+            ],
+            expose_headers=["X-Request-ID", "X-Turn-ID", "Location", "Idempotent-Replayed", "Retry-After"],
+        )
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_request_bytes)
     return app

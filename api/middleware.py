@@ -10,7 +10,7 @@ import structlog
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.problems import problem_response
+from api.problems import failure_response, problem_response
 
 log = structlog.get_logger("api.access")
 
@@ -68,6 +68,10 @@ class EdgeMiddleware:
             except _BodyTooLarge:
                 if status_holder["status"] == 0:
                     await self._too_large(request_id)(scope, receive, send_with_id)
+            except Exception as exc:
+                if status_holder["status"] != 0:
+                    raise  # the response has started: nothing better to send
+                await failure_response(exc, request_id)(scope, receive, send_with_id)
         finally:
             log.info(
                 "request",

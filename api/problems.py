@@ -8,11 +8,13 @@ import json
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from temporalio.service import RPCError, RPCStatusCode
 
 from core.errors import AssistantError
 
@@ -101,6 +103,33 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return errors
 
 
+def is_outage(exc: BaseException) -> bool:
+    """Whether an error means a dependency (PostgreSQL, Temporal) is down, not a bug: a 503."""
+    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.CannotConnectNowError):
+        return True
+    if isinstance(exc, asyncpg.PostgresConnectionError):
+        return True
+    return isinstance(exc, RPCError) and exc.status in (
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.DEADLINE_EXCEEDED,
+    )
+
+
+def failure_response(exc: BaseException, request_id: str | None) -> Response:
+    """The problem response for an unexpected exception: 503 for an outage, else 500."""
+    if is_outage(exc):
+        log.warning("dependency unavailable", error=f"{type(exc).__name__}: {exc}")
+        return problem_response(
+            503,
+            "unavailable",
+            "a service the API depends on is unavailable; retry later",
+            request_id=request_id,
+            headers={"Retry-After": "5"},
+        )
+    log.error("unhandled error", exc_info=exc)
+    return problem_response(500, "internal_error", "internal error", request_id=request_id)
+
+
 def install(app: FastAPI) -> None:
     """Register handlers so every error leaves as application/problem+json."""
 
@@ -167,5 +196,5 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", exc_info=exc)
-        return problem_response(500, "internal_error", "internal error", request_id=request_id_of(request))
+        # Normally EdgeMiddleware answers first (with X-Request-ID); this is the last net.
+        return failure_response(exc, request_id_of(request))

@@ -2,13 +2,10 @@
 
 import math
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-T = TypeVar("T")
-
-_TOOL_NAME = r"^[A-Za-z0-9_\-]{1,128}$"
 # Request JSON is an annotation or a call's arguments, not a document; the limit also keeps
 # it well inside what the response serializer accepts (it fails at ~255 levels).
 MAX_JSON_DEPTH = 32
@@ -25,6 +22,8 @@ def storable(value: Any) -> Any:
         item, depth = stack.pop()
         if isinstance(item, str) and "\x00" in item:
             raise ValueError("must not contain the NUL character (U+0000)")
+        if isinstance(item, str) and not _encodable(item):
+            raise ValueError("must be valid Unicode (no lone surrogates such as \\ud800)")
         if isinstance(item, float) and not math.isfinite(item):
             raise ValueError("numbers must be finite (no NaN or Infinity)")
         if isinstance(item, dict | list) and depth >= MAX_JSON_DEPTH:
@@ -35,6 +34,14 @@ def storable(value: Any) -> Any:
         elif isinstance(item, list):
             stack.extend((child, depth + 1) for child in item)
     return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Strict(BaseModel):
@@ -145,14 +152,6 @@ class UserPublic(BaseModel):
     created_at: datetime
 
 
-class ListPublic(BaseModel, Generic[T]):
-    object: Literal["list"] = "list"
-    data: list[T]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-
-
 def list_of(items: list[Any], *, has_more: bool) -> dict[str, Any]:
     """The list envelope of API.md."""
     return {
@@ -162,3 +161,34 @@ def list_of(items: list[Any], *, has_more: bool) -> dict[str, Any]:
         "last_id": items[-1].id if items else None,
         "has_more": has_more,
     }
+
+
+class ApprovalDecision(Strict):
+    decision: Literal["approve", "reject"]
+    arguments: dict[str, Any] | None = None
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class ApprovalPublic(BaseModel):
+    id: str
+    turn_id: str
+    conversation_id: str
+    tool: str
+    tool_call_id: str
+    arguments: dict[str, Any]
+    requested_arguments: dict[str, Any]
+    status: str
+    created_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+    decided_by: str | None
+    reason: str | None
+
+
+class ToolPublic(BaseModel):
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    requires_confirmation: bool
+    source: str
+    healthy: bool

@@ -17,6 +17,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from api.hub import EventHub
 from store import events
 from store.db import Pool
+from store.events import TERMINAL_STATUSES
 
 log = structlog.get_logger(__name__)
 
@@ -38,8 +39,16 @@ async def follow(pool: Pool, hub: EventHub, *, turn_id: str, after: int) -> Asyn
                     return
             if batch:
                 continue  # there may be more than one page
+            if await _ended_before(pool, turn_id, after):
+                return  # resumed past the end: nothing more will come
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(woken.wait(), timeout=_REREAD_EVERY)
+
+
+async def _ended_before(pool: Pool, turn_id: str, after: int) -> bool:
+    """Whether the turn has ended and its last event is at or before `after`."""
+    row = await pool.fetchrow("SELECT status, last_seq FROM turns WHERE id = $1", turn_id)
+    return row is None or (row["status"] in TERMINAL_STATUSES and row["last_seq"] <= after)
 
 
 def _frame(event: dict[str, Any]) -> ServerSentEvent:

@@ -1,12 +1,13 @@
 """Building public objects that combine several tables."""
 
-from api.schemas import MessagePublic, TurnError, TurnPublic, UsagePublic
-from store import messages, turns
+from api.schemas import ApprovalPublic, MessagePublic, TurnError, TurnPublic, UsagePublic
+from store import approvals, messages, turns
 from store.db import Executor
 
 
 async def turn_public(pool: Executor, turn: turns.Turn) -> TurnPublic:
     usage = await turns.usage(pool, turn_id=turn.id)
+    pending = await approvals.pending_for_turn(pool, turn_id=turn.id)
     output = None
     if turn.output_message_id:
         message = await messages.get(pool, message_id=turn.output_message_id)
@@ -20,7 +21,11 @@ async def turn_public(pool: Executor, turn: turns.Turn) -> TurnPublic:
         finished_at=turn.finished_at,
         error=TurnError(**turn.error) if turn.error else None,
         usage=UsagePublic(**usage.model_dump()),
-        pending_approvals=[],
+        pending_approvals=[approval_public(a).model_dump(mode="json") for a in pending],
         last_seq=turn.last_seq,
         output=output,
     )
+
+
+def approval_public(approval: approvals.Approval) -> ApprovalPublic:
+    return ApprovalPublic(**approval.model_dump(exclude={"user_id"}))

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, computed_field
+from pydantic import BeforeValidator, Field, SecretStr, computed_field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -83,6 +83,16 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_format: Literal["json", "console"] | None = None
+
+    smtp_host: str | None = None
+    smtp_port: int | None = None
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str | None = None
+    smtp_tls: Literal["starttls", "ssl", "none"] = "starttls"
+    # A CA bundle to trust for the SMTP server's certificate (a private CA); none = system CAs.
+    smtp_ca_file: Path | None = None
+    smtp_timeout: Duration = timedelta(seconds=30)
 
     allowed_origins: Annotated[list[str], NoDecode, BeforeValidator(_split_csv)] = Field(default_factory=list)
     max_request_bytes: ByteSize = 1 << 20

@@ -7,7 +7,6 @@ running workflows have them in their histories.
 
 from dataclasses import dataclass, field
 
-TASK_QUEUE = "assistant"
 WORKFLOW_NAME = "TurnWorkflow"
 
 
@@ -17,6 +16,8 @@ class TurnInput:
     conversation_id: str
     user_id: str
     max_steps: int = 10
+    # Read from settings by the API when it starts the turn: a workflow reads no environment.
+    approval_timeout_seconds: float = 86400.0
 
 
 @dataclass
@@ -63,7 +64,84 @@ class FinishTurnInput:
     error_message: str | None = None
 
 
-# Activity names: a stable API, recorded in every workflow history.
+@dataclass
+class ToolStepInput:
+    turn_id: str
+    conversation_id: str
+    user_id: str
+    message_id: str
+    approval_timeout_seconds: float = 86400.0
+
+
+@dataclass
+class PlannedCall:
+    tool_call_id: str
+    tool: str
+    # "done" (answered already: unknown tool, invalid arguments), "run", or "approve".
+    action: str
+    approval_id: str | None = None
+    policy: str = "default"
+
+
+@dataclass
+class ToolPlan:
+    calls: list[PlannedCall] = field(default_factory=list)
+
+
+@dataclass
+class RunToolInput:
+    turn_id: str
+    conversation_id: str
+    user_id: str
+    message_id: str
+    tool_call_id: str
+    tool: str
+    approval_id: str | None = None
+
+
+@dataclass
+class ToolRunResult:
+    status: str
+
+
+@dataclass
+class RecordToolResultInput:
+    """A result the workflow decided: a rejection, or a failure after every retry."""
+
+    turn_id: str
+    conversation_id: str
+    tool_call_id: str
+    tool: str
+    status: str
+    approval_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass
+class ExpireApprovalInput:
+    approval_id: str
+
+
+@dataclass
+class ApprovalState:
+    status: str
+
+
+@dataclass
+class ApprovalDecided:
+    """The signal the API sends when a person decides; details stay in PostgreSQL."""
+
+    approval_id: str
+    decision: str
+
+
+# Activity and signal names: a stable API, recorded in every workflow history.
 STREAM_MODEL_REPLY = "stream_model_reply"
 SET_TURN_STATUS = "set_turn_status"
 FINISH_TURN = "finish_turn"
+PREPARE_TOOL_CALLS = "prepare_tool_calls"
+RUN_TOOL = "run_tool"
+RECORD_TOOL_RESULT = "record_tool_result"
+EXPIRE_APPROVAL = "expire_approval"
+APPROVAL_DECIDED_SIGNAL = "approval_decided"

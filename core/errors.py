@@ -53,8 +53,27 @@ class TurnInProgress(Conflict):
     code = "turn_in_progress"
 
 
+class InvalidCursor(UsageError):
+    """`after`/`before` names no object of this list."""
+
+    code = "invalid_cursor"
+    status = 422
+
+
 class RuntimeFailure(AssistantError):
     """Something failed at run time (model, tool, infrastructure)."""
+
+
+class TurnClosed(RuntimeFailure):
+    """The turn has ended; nothing more may be appended to its log."""
+
+    code = "turn_closed"
+
+
+class StaleAttempt(RuntimeFailure):
+    """A newer model attempt owns the turn's stream; this attempt must stop writing."""
+
+    code = "stale_attempt"
 
 
 # Codes of the `error` event (API.md). `retryable` says whether sending the same message

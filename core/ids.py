@@ -4,11 +4,11 @@ The body is 26 characters of Crockford base32: 48 bits of milliseconds then 80 r
 bits, so ids sort by creation time, which keeps cursor pagination and indexes cheap.
 """
 
+import hashlib
 import secrets
 import time
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
-PREFIXES = ("usr", "key", "conv", "msg", "turn", "apr")
 
 
 def _encode(value: int, length: int) -> str:
@@ -34,7 +34,7 @@ def assistant_message_id(turn_id: str, step: int) -> str:
     return f"msg_{turn_id.removeprefix('turn_')}s{step}"
 
 
-def looks_like(value: str, prefix: str) -> bool:
-    """Whether `value` has the shape of an id of this type (cheap check before a query)."""
-    body = value.removeprefix(f"{prefix}_")
-    return body != value and 0 < len(body) <= 64 and all(c.isalnum() for c in body)
+def tool_message_id(turn_id: str, tool_call_id: str) -> str:
+    """The deterministic id of the tool message answering a tool call (retries overwrite)."""
+    digest = hashlib.sha256(tool_call_id.encode()).hexdigest()[:16]
+    return f"msg_{turn_id.removeprefix('turn_')}t{digest}"

@@ -92,8 +92,8 @@ async def update(
     return Conversation(**dict(row)) if row else None
 
 
-async def delete(pool: Pool, *, user_id: str, conversation_id: str) -> str:
-    """Delete unless a turn is active: 'deleted', 'busy' or 'missing'."""
+async def delete(pool: Pool, *, user_id: str, conversation_id: str) -> str | None:
+    """Delete unless a turn is active: 'deleted', the active turn's id, or None if missing."""
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "SELECT active_turn_id FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE",
@@ -101,8 +101,8 @@ async def delete(pool: Pool, *, user_id: str, conversation_id: str) -> str:
             user_id,
         )
         if row is None:
-            return "missing"
+            return None
         if row["active_turn_id"] is not None:
-            return "busy"
+            return str(row["active_turn_id"])
         await conn.execute("DELETE FROM conversations WHERE id = $1", conversation_id)
         return "deleted"

@@ -8,23 +8,11 @@ Appends to a finished turn are refused, which keeps the terminal event last.
 from datetime import datetime
 from typing import Any
 
-from core.errors import AssistantError
+from core.errors import StaleAttempt, TurnClosed
 from store.db import Connection, Pool
 
 CHANNEL = "turn_events"
 TERMINAL_STATUSES = ("completed", "failed", "cancelled")
-
-
-class TurnClosed(AssistantError):
-    """The turn has ended; nothing more may be appended to its log."""
-
-    code = "turn_closed"
-
-
-class StaleAttempt(AssistantError):
-    """A newer model attempt owns the stream; this attempt must stop writing."""
-
-    code = "stale_attempt"
 
 
 async def append(

@@ -80,3 +80,11 @@ async def release(conn: Executor, *, user_id: str, key: str) -> None:
         user_id,
         key,
     )
+
+
+async def forget_expired(pool: Executor) -> int:
+    """Delete records past the retention; how many."""
+    status = await pool.execute(
+        f"DELETE FROM idempotency_keys WHERE created_at < now() - interval '{RETENTION}'"
+    )
+    return int(status.split()[-1])

@@ -63,6 +63,25 @@ async def upsert_assistant_message(
     return Message(**dict(row))
 
 
+async def upsert_tool_message(
+    conn: Executor, *, message_id: str, conversation_id: str, turn_id: str, tool_call_id: str, content: str
+) -> Message:
+    """Store a tool's result for the model; a retry under the same id overwrites it in place."""
+    row = await conn.fetchrow(
+        "INSERT INTO messages (id, conversation_id, turn_id, role, content, tool_call_id)"
+        " VALUES ($1, $2, $3, 'tool', $4, $5)"
+        " ON CONFLICT (id) DO UPDATE SET content = EXCLUDED.content"
+        f" RETURNING {_COLUMNS}",
+        message_id,
+        conversation_id,
+        turn_id,
+        content,
+        tool_call_id,
+    )
+    assert row is not None
+    return Message(**dict(row))
+
+
 async def get(pool: Executor, *, message_id: str) -> Message | None:
     row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM messages WHERE id = $1", message_id)
     return Message(**dict(row)) if row else None

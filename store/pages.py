@@ -7,17 +7,10 @@ caller's scope, so another user's id never works as a cursor.
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from core.errors import UsageError
+from core.errors import InvalidCursor
 from store.db import Pool
 
 Order = Literal["asc", "desc"]
-
-
-class InvalidCursor(UsageError):
-    """`after`/`before` names no object of this list."""
-
-    code = "invalid_cursor"
-    status = 422
 
 
 @dataclass(frozen=True)

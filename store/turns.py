@@ -5,11 +5,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from core.errors import TurnInProgress
+from core.errors import StaleAttempt, TurnClosed, TurnInProgress
 from core.ids import new_id
-from store import events
+from store import approvals, events
 from store.db import Connection, Executor, Pool
-from store.messages import Message, insert_user_message
+from store.messages import Message, insert_user_message, upsert_assistant_message
 from store.pages import Page, PageRequest, fetch_page
 
 _COLUMNS = (
@@ -176,24 +176,25 @@ async def begin_model_stream(pool: Pool, *, turn_id: str, message_id: str, attem
 
     A queued turn becomes `running` here rather than in an activity of its own: that saves a
     round trip through Temporal before the first token, the latency users feel most.
-    `reset` is sent only when the newest token/reset event of this message is a token of an
-    earlier attempt: a retry that follows a failure before any text needs none.
+    `reset` is sent when text of this message was streamed and the newest token/reset event
+    belongs to an earlier attempt, so clients always learn which attempt is current; a first
+    attempt, or a retry after a failure before any text, needs none.
     """
     async with pool.acquire() as conn, conn.transaction():
         current = await conn.fetchrow(
             "SELECT status, stream_message_id, stream_attempt FROM turns WHERE id = $1 FOR UPDATE",
             turn_id,
         )
-        if current is None:
-            raise events.TurnClosed(f"turn {turn_id} does not exist")
+        if current is None or current["status"] in events.TERMINAL_STATUSES:
+            raise TurnClosed(f"turn {turn_id} has ended")
         if current["stream_message_id"] == message_id and current["stream_attempt"] > attempt:
-            raise events.StaleAttempt(f"attempt {attempt} of {message_id} is older than the current")
+            raise StaleAttempt(f"attempt {attempt} of {message_id} is older than the current")
         if current["status"] == "queued":
             await _transition(
                 conn, turn_id=turn_id, status="running", previous="queued", dedupe_key="status:running:1"
             )
-        last_type = await conn.fetchval(
-            "SELECT type FROM events WHERE turn_id = $1 AND type IN ('token', 'reset')"
+        last_attempt = await conn.fetchval(
+            "SELECT (payload->>'attempt')::int FROM events WHERE turn_id = $1 AND type IN ('token', 'reset')"
             " AND payload->>'message_id' = $2 ORDER BY seq DESC LIMIT 1",
             turn_id,
             message_id,
@@ -204,7 +205,7 @@ async def begin_model_stream(pool: Pool, *, turn_id: str, message_id: str, attem
             message_id,
             attempt,
         )
-        if last_type == "token":
+        if last_attempt is not None and last_attempt < attempt:
             await events.append(
                 conn,
                 turn_id=turn_id,
@@ -233,6 +234,15 @@ async def finish(
         )
         if row is None or row["status"] in events.TERMINAL_STATUSES:
             return False
+        # Approvals still waiting end with the turn, each with its `approval_decided` event.
+        pending = await conn.fetch(
+            "SELECT id FROM approvals WHERE turn_id = $1 AND status = 'pending' ORDER BY created_at, id",
+            turn_id,
+        )
+        for approval in pending:
+            await approvals.close_unless_decided(
+                conn, approval_id=approval["id"], status="cancelled", reason=f"the turn was {status}"
+            )
         await events.append(
             conn,
             turn_id=turn_id,
@@ -266,3 +276,48 @@ async def stale_queued(pool: Pool, *, older_than_seconds: float) -> list[str]:
         older_than_seconds,
     )
     return [r["id"] for r in rows]
+
+
+async def store_model_message(
+    pool: Pool,
+    *,
+    turn_id: str,
+    conversation_id: str,
+    message_id: str,
+    attempt: int,
+    content: str,
+    tool_calls: list[dict[str, Any]] | None,
+) -> Message:
+    """Store the finished assistant message and its `message` event, if `attempt` still owns
+    the stream (a stale attempt, presumed dead but running, must not overwrite the winner)."""
+    async with pool.acquire() as conn, conn.transaction():
+        owner = await conn.fetchrow(
+            "SELECT status, stream_message_id, stream_attempt FROM turns WHERE id = $1 FOR UPDATE", turn_id
+        )
+        if owner is None or owner["status"] in events.TERMINAL_STATUSES:
+            raise TurnClosed(f"turn {turn_id} has ended")
+        if (owner["stream_message_id"], owner["stream_attempt"]) != (message_id, attempt):
+            raise StaleAttempt(f"attempt {attempt} no longer owns the stream of {turn_id}")
+        stored = await upsert_assistant_message(
+            conn,
+            message_id=message_id,
+            conversation_id=conversation_id,
+            turn_id=turn_id,
+            content=content,
+            tool_calls=tool_calls,
+        )
+        await events.append(
+            conn,
+            turn_id=turn_id,
+            type="message",
+            payload={
+                "message": {
+                    "id": stored.id,
+                    "role": "assistant",
+                    "content": stored.content,
+                    "tool_calls": stored.tool_calls,
+                }
+            },
+            dedupe_key=f"message:{message_id}:{attempt}",
+        )
+        return stored

@@ -54,13 +54,6 @@ async def create_user(pool: Pool, *, name: str) -> User:
     return User(**dict(row))
 
 
-async def get_user(pool: Pool, *, user_id: str) -> User | None:
-    row = await pool.fetchrow(
-        "SELECT id, name, created_at FROM users WHERE id = $1 AND disabled_at IS NULL", user_id
-    )
-    return User(**dict(row)) if row else None
-
-
 async def find_user_by_name(pool: Pool, *, name: str) -> User | None:
     row = await pool.fetchrow(
         "SELECT id, name, created_at FROM users WHERE name = $1 ORDER BY created_at LIMIT 1", name

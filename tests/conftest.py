@@ -26,7 +26,9 @@ from fakemodel import FakeModelServer
 from store import users
 from store.db import Pool, create_pool
 from store.migrate import migrate
-from worker import build_worker
+from tests.mailserver import MailServer
+from tools.registry import build_registry
+from worker import build_worker, publish_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,8 +69,21 @@ def model() -> Iterator[FakeModelServer]:
 
 
 @pytest.fixture(scope="session")
-def settings(stack: Stack, model: FakeModelServer) -> Settings:
+def mail() -> Iterator[MailServer]:
+    server = MailServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(stack: Stack, model: FakeModelServer, mail: MailServer) -> Settings:
     return Settings(
+        smtp_host="127.0.0.1",
+        smtp_port=mail.port,
+        smtp_tls="none",
+        smtp_from="Assistant <assistant@example.test>",
         database_url=stack.database_url,
         temporal_address=stack.temporal_address,
         openai_base_url=model.base_url,
@@ -97,7 +112,9 @@ async def temporal(settings: Settings) -> Client:
 
 @pytest.fixture(scope="session")
 async def worker(temporal: Client, pool: Pool, settings: Settings) -> AsyncIterator[None]:
-    async with build_worker(temporal, pool, settings):
+    registry = build_registry(settings, pool)
+    await publish_tools(pool, registry)
+    async with build_worker(temporal, pool, settings, registry):
         yield
 
 
@@ -170,6 +187,10 @@ def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
             "ASSISTANT_DATA_DIR": str(settings.assistant_data_dir),
             "LOG_FORMAT": "json",
             "PYTHONPATH": str(ROOT),
+            "SMTP_HOST": settings.smtp_host or "",
+            "SMTP_PORT": str(settings.smtp_port or ""),
+            "SMTP_TLS": settings.smtp_tls,
+            "SMTP_FROM": settings.smtp_from or "",
         }
     )
     env.update(extra)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -29,27 +30,27 @@ def _env(data_dir) -> dict[str, str]:
 
 
 def _start_dev(data_dir, port, log):
+    """Start `assistant dev` with its output in `log` (a file, so children never block on a pipe)."""
+    log.flush()
+    offset = Path(log.name).stat().st_size  # the log may hold an earlier run's lines
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli", "dev", "--port", str(port)],
         env=_env(data_dir),
         cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 120
-    lines = []
-    assert proc.stdout is not None
     while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        match = _URL.search(line)
+        text = Path(log.name).read_text()[offset:]
+        match = _URL.search(text)
         if match:
-            return proc, match[1], match[2], lines
+            return proc, match[1], match[2], text.splitlines()
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
     proc.kill()
-    raise AssertionError(f"assistant dev printed no URL: {lines}")
+    raise AssertionError(f"assistant dev printed no URL: {Path(log.name).read_text()[-3000:]}")
 
 
 def _stop_dev(proc) -> list[psutil.Process]:
@@ -77,6 +78,16 @@ def test_dev_runs_everything_and_stops_cleanly(tmp_path):
     port = free_port()
     with open(tmp_path / "dev.log", "w") as log:
         proc, base, key, lines = _start_dev(data_dir, port, log)
+        # A second dev on the same data dir is refused, and harms nothing.
+        second = subprocess.run(
+            [sys.executable, "-m", "cli", "dev", "--port", str(free_port())],
+            env=_env(data_dir),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1 and "already running" in second.stderr
         try:
             assert any("built-in offline model" in line for line in lines)
             headers = {"Authorization": f"Bearer {key}"}

@@ -31,8 +31,8 @@ async def test_rate_limited_twice_then_success_honours_retry_after(user, model):
     model.script(
         tag,
         [
-            {"kind": "error", "status": 429, "message": "slow down", "retry_after": 1},
-            {"kind": "error", "status": 429, "message": "slow down", "retry_after": 1},
+            {"kind": "error", "status": 429, "message": "slow down", "retry_after": 3},
+            {"kind": "error", "status": 429, "message": "slow down", "retry_after": 3},
             {"kind": "reply", "content": "finally here"},
         ],
     )
@@ -43,7 +43,8 @@ async def test_rate_limited_twice_then_success_honours_retry_after(user, model):
     received = [r.received_at for r in model.requests(tag)]
     assert len(received) == 3
     gaps = [b - a for a, b in itertools.pairwise(received)]
-    assert all(gap >= 0.95 for gap in gaps), gaps
+    # 3 s, not the retry policy's own 1 s then 2 s: the server's Retry-After was honoured.
+    assert all(gap >= 2.9 for gap in gaps), gaps
 
 
 async def test_server_error_every_time_ends_with_model_unavailable(user, model):
@@ -134,7 +135,7 @@ async def test_cancel_stops_the_model_promptly(user, model):
     assert cancelled.status_code == 202
     assert cancelled.json()["id"] == turn_id
     events, _ = await read_sse(user.client, "GET", f"/api/v1/turns/{turn_id}/events")
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 2
     _assert_terminal(events, "cancelled", "cancelled")
     # Nothing streams after the end, and the model call was closed: no new tokens appear.
     await asyncio.sleep(0.5)

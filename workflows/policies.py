@@ -43,3 +43,29 @@ TURN_BOOKKEEPING: dict[str, Any] = {
         maximum_attempts=0,
     ),
 }
+
+# Tools, by the policy name of their spec (tools/base.py). A read-only tool may be retried
+# freely; send_email retries only failures before the server took the message (the outbox
+# makes that safe) and gives up on answers that no retry can change.
+TOOL_CALL: dict[str, dict[str, Any]] = {
+    "default": {
+        "start_to_close_timeout": timedelta(minutes=2),
+        "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        "retry_policy": RetryPolicy(
+            initial_interval=timedelta(seconds=1),
+            backoff_coefficient=2.0,
+            maximum_interval=timedelta(seconds=10),
+            maximum_attempts=3,
+        ),
+    },
+    "email": {
+        "start_to_close_timeout": timedelta(minutes=2),
+        "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        "retry_policy": RetryPolicy(
+            initial_interval=timedelta(seconds=1),
+            backoff_coefficient=2.0,
+            maximum_interval=timedelta(seconds=30),
+            maximum_attempts=10,
+        ),
+    },
+}

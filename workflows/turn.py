@@ -1,14 +1,18 @@
 """`TurnWorkflow`: one conversation turn, from the user's message to a terminal event.
 
-The workflow only decides: which step runs next, and how the turn ends. Every write
-(events, messages, statuses) happens in activities, which read the transcript from
-PostgreSQL by id, so the history holds ids and outcomes, never text.
+The workflow only decides: which step runs next, which tool calls run, wait for a person
+or expire, and how the turn ends. Every write (events, messages, statuses, approvals)
+happens in activities, which read the transcript and arguments from PostgreSQL by id, so
+the history holds ids and outcomes, never text. Waiting for a person is a durable
+`wait_condition` with a timer: it holds no worker slot, for hours if need be.
 """
 
 import asyncio
+from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
     from core import contracts as c
@@ -18,6 +22,14 @@ with workflow.unsafe.imports_passed_through():
 
 @workflow.defn(name=c.WORKFLOW_NAME)
 class TurnWorkflow:
+    def __init__(self) -> None:
+        self._decisions: dict[str, str] = {}
+
+    @workflow.signal(name=c.APPROVAL_DECIDED_SIGNAL)
+    def approval_decided(self, decided: c.ApprovalDecided) -> None:
+        # Repeated signals (the API's and the reconciler's) are harmless: the first one counts.
+        self._decisions.setdefault(decided.approval_id, decided.decision)
+
     @workflow.run
     async def run(self, turn: c.TurnInput) -> c.TurnOutcome:
         try:
@@ -40,13 +52,113 @@ class TurnWorkflow:
                 result_type=c.ModelStepResult,
                 **policies.MODEL_CALL,
             )
-            # Tools are not offered to the model yet, so a reply ends the turn.
-            return await self._finish(turn, "completed", message_id=result.message_id)
+            if not result.tool_calls:
+                return await self._finish(turn, "completed", message_id=result.message_id)
+            await self._use_tools(turn, step, result.message_id)
         return await self._finish(
             turn,
             "failed",
             error_code="max_steps_exceeded",
             error_message=f"the turn needed more than {turn.max_steps} model steps",
+        )
+
+    async def _use_tools(self, turn: c.TurnInput, step: int, message_id: str) -> None:
+        """Run one step's tool calls: the ungated ones in parallel, the gated ones once decided."""
+        plan = await workflow.execute_activity(
+            c.PREPARE_TOOL_CALLS,
+            c.ToolStepInput(
+                turn_id=turn.turn_id,
+                conversation_id=turn.conversation_id,
+                user_id=turn.user_id,
+                message_id=message_id,
+                approval_timeout_seconds=turn.approval_timeout_seconds,
+            ),
+            result_type=c.ToolPlan,
+            **policies.TURN_BOOKKEEPING,
+        )
+        ungated = [call for call in plan.calls if call.action == "run"]
+        gated = [call for call in plan.calls if call.action == "approve"]
+        if gated:
+            await self._set_status(turn, "awaiting_approval", f"status:awaiting_approval:{step}")
+        wait = timedelta(seconds=turn.approval_timeout_seconds)
+        _, decisions = await asyncio.gather(
+            asyncio.gather(*(self._run_tool(turn, message_id, call) for call in ungated)),
+            asyncio.gather(*(self._decision(call, wait) for call in gated)),
+        )
+        if gated:
+            await self._set_status(turn, "running", f"status:running:{step + 1}")
+        await asyncio.gather(
+            *(
+                self._run_tool(turn, message_id, call)
+                if decision == "approved"
+                else self._record(turn, call, "rejected")
+                for call, decision in zip(gated, decisions, strict=True)
+            )
+        )
+
+    async def _decision(self, call: c.PlannedCall, wait: timedelta) -> str:
+        approval_id = call.approval_id or ""
+        try:
+            await workflow.wait_condition(lambda: approval_id in self._decisions, timeout=wait)
+            return self._decisions[approval_id]
+        except TimeoutError:  # the builtin, raised by wait_condition
+            # The database decides: a decision that arrived just now wins over the expiry.
+            state = await workflow.execute_activity(
+                c.EXPIRE_APPROVAL,
+                c.ExpireApprovalInput(approval_id=approval_id),
+                result_type=c.ApprovalState,
+                **policies.TURN_BOOKKEEPING,
+            )
+            return state.status
+
+    async def _run_tool(self, turn: c.TurnInput, message_id: str, call: c.PlannedCall) -> None:
+        try:
+            await workflow.execute_activity(
+                c.RUN_TOOL,
+                c.RunToolInput(
+                    turn_id=turn.turn_id,
+                    conversation_id=turn.conversation_id,
+                    user_id=turn.user_id,
+                    message_id=message_id,
+                    tool_call_id=call.tool_call_id,
+                    tool=call.tool,
+                    approval_id=call.approval_id,
+                ),
+                result_type=c.ToolRunResult,
+                **policies.TOOL_CALL.get(call.policy, policies.TOOL_CALL["default"]),
+            )
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                raise
+            cause = err.cause
+            code = cause.type if isinstance(cause, ApplicationError) and cause.type else "tool_failed"
+            message = (
+                cause.message if isinstance(cause, ApplicationError) else "the tool failed on every attempt"
+            )
+            await self._record(turn, call, "error", error_code=code, error_message=message)
+
+    async def _record(
+        self,
+        turn: c.TurnInput,
+        call: c.PlannedCall,
+        status: str,
+        *,
+        error_code: str | None = None,
+        error_message: str | None = None,
+    ) -> None:
+        await workflow.execute_activity(
+            c.RECORD_TOOL_RESULT,
+            c.RecordToolResultInput(
+                turn_id=turn.turn_id,
+                conversation_id=turn.conversation_id,
+                tool_call_id=call.tool_call_id,
+                tool=call.tool,
+                status=status,
+                approval_id=call.approval_id,
+                error_code=error_code,
+                error_message=error_message,
+            ),
+            **policies.TURN_BOOKKEEPING,
         )
 
     async def _set_status(self, turn: c.TurnInput, status: str, dedupe_key: str) -> None:
@@ -84,6 +196,6 @@ def _classify(err: ActivityError) -> tuple[str, str]:
     cause = err.cause
     if isinstance(cause, ApplicationError) and cause.type in MODEL_ERROR_CODES:
         return cause.type, cause.message
-    if isinstance(cause, TimeoutError):
+    if isinstance(cause, ActivityTimeout):
         return "model_unavailable", "the model call timed out on every attempt"
     return "internal_error", "the turn failed on an internal error"

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Response
 from api.deps import CurrentUser, PageDep, StoreDep
 from api.problems import Problem
 from api.schemas import ConversationCreate, ConversationPublic, ConversationUpdate, list_of
-from store import conversations
+from store import catalog, conversations
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
 
@@ -16,13 +16,14 @@ def _not_found(conversation_id: str) -> Problem:
     return Problem(404, "not_found", f"no conversation {conversation_id}")
 
 
-def _check_tools(tools: list[str] | None) -> None:
-    """Refuse tool names that no tool server offers (none is available yet)."""
-    if tools:
+async def _check_tools(pool: Any, tools: list[str] | None) -> None:
+    """Refuse tool names that no worker offers."""
+    unknown = await catalog.unknown_names(pool, names=tools) if tools else []
+    if unknown:
         raise Problem(
             422,
             "unknown_tool",
-            f"unknown tool: {tools[0]}",
+            f"unknown tool: {unknown[0]}",
             errors=[
                 {
                     "field": "tools",
@@ -30,7 +31,7 @@ def _check_tools(tools: list[str] | None) -> None:
                     "message": f"unknown tool {name!r}",
                     "type": "unknown_tool",
                 }
-                for name in tools
+                for name in unknown
             ],
         )
 
@@ -39,7 +40,7 @@ def _check_tools(tools: list[str] | None) -> None:
 async def create_conversation(
     body: ConversationCreate, caller: CurrentUser, pool: StoreDep, response: Response
 ) -> Any:
-    _check_tools(body.tools)
+    await _check_tools(pool, body.tools)
     created = await conversations.create(pool, user_id=caller.id, **body.model_dump())
     response.headers["Location"] = f"/api/v1/conversations/{created.id}"
     return created.model_dump()
@@ -66,7 +67,7 @@ async def update_conversation(
     changes = body.model_dump(exclude_unset=True)
     if changes.get("metadata", {}) is None:
         changes["metadata"] = {}
-    _check_tools(changes.get("tools"))
+    await _check_tools(pool, changes.get("tools"))
     updated = await conversations.update(
         pool, user_id=caller.id, conversation_id=conversation_id, changes=changes
     )
@@ -78,8 +79,13 @@ async def update_conversation(
 @router.delete("/{conversation_id}", status_code=204)
 async def delete_conversation(conversation_id: str, caller: CurrentUser, pool: StoreDep) -> Response:
     outcome = await conversations.delete(pool, user_id=caller.id, conversation_id=conversation_id)
-    if outcome == "missing":
+    if outcome is None:
         raise _not_found(conversation_id)
-    if outcome == "busy":
-        raise Problem(409, "turn_in_progress", "the conversation has an active turn; cancel it first")
+    if outcome != "deleted":
+        raise Problem(
+            409,
+            "turn_in_progress",
+            "the conversation has an active turn; cancel it first",
+            active_turn_id=outcome,
+        )
     return Response(status_code=204)

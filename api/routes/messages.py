@@ -13,10 +13,10 @@ from api.routes.turns import wants_json
 from api.schemas import MessageCreate, MessagePublic, MessageTurnStarted, list_of
 from api.streams import event_stream_response
 from api.views import turn_public
-from core.contracts import TurnInput
+from core.config import Settings
 from core.errors import TurnInProgress
 from store import conversations, idempotency, messages, turns
-from workflows.client import start_turn
+from workflows.client import start_turn, turn_input
 
 log = structlog.get_logger(__name__)
 
@@ -112,14 +112,7 @@ async def post_message(
                     turn_id=turn_id,
                 )
     if not replayed:
-        await _start_workflow(
-            temporal,
-            settings.temporal_task_queue,
-            settings.max_steps,
-            turn_id,
-            conversation_id,
-            caller.id,
-        )
+        await _start_workflow(temporal, settings, turn_id, conversation_id, caller.id)
     headers = {"X-Turn-ID": turn_id, "Location": f"/api/v1/turns/{turn_id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -136,18 +129,13 @@ async def post_message(
 
 
 async def _start_workflow(
-    temporal: Any, task_queue: str, max_steps: int, turn_id: str, conversation_id: str, user_id: str
+    temporal: Any, settings: Settings, turn_id: str, conversation_id: str, user_id: str
 ) -> None:
     try:
         await start_turn(
             temporal,
-            TurnInput(
-                turn_id=turn_id,
-                conversation_id=conversation_id,
-                user_id=user_id,
-                max_steps=max_steps,
-            ),
-            task_queue=task_queue,
+            turn_input(turn_id=turn_id, conversation_id=conversation_id, user_id=user_id, settings=settings),
+            task_queue=settings.temporal_task_queue,
         )
     except Exception:
         # The turn is committed; the worker's reconciler starts it once Temporal answers.

@@ -58,10 +58,13 @@ async def get_turn(
 
 
 def _resume_point(after: int | None, last_event_id: str | None) -> int:
-    if after is not None:
-        return after
+    """Where to resume: the later of `?after` and `Last-Event-ID`.
+
+    A browser's EventSource reconnects to the same URL (with its `?after`) adding the
+    header, so the header must win when it is further along, or events would repeat.
+    """
     if last_event_id is None or last_event_id.strip() == "":
-        return 0
+        return after or 0
     value = last_event_id.strip()
     if not (value.isascii() and value.isdigit()) or len(value) > 9:
         raise Problem(
@@ -77,7 +80,7 @@ def _resume_point(after: int | None, last_event_id: str | None) -> int:
                 }
             ],
         )
-    return int(value)
+    return max(int(value), after or 0)
 
 
 @router.get("/turns/{turn_id}/events", response_model=None)

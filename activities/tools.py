@@ -1,0 +1,292 @@
+"""Tool activities: plan a step's tool calls, run one, record a result, expire an approval.
+
+Inputs are ids; arguments are read from the stored assistant message (or from the
+approval, when a person edited them), and results are written as tool messages with their
+`tool_result` event in one transaction, so a retried activity never answers a call twice.
+"""
+
+import json
+import time
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from core import contracts as c
+from core.ids import tool_message_id
+from store import approvals, conversations, events, messages
+from store.db import Pool
+from tools.base import InvalidArguments, ToolContext, ToolFailed, ToolTemporarilyFailed, parse_arguments
+from tools.registry import ToolRegistry
+
+log = structlog.get_logger(__name__)
+
+# Results longer than this are cut before they reach the model (and the event log).
+MAX_RESULT_CHARS = 100_000
+
+
+class ToolActivities:
+    """Activities that run tools; built once per worker with the pool and the registry."""
+
+    def __init__(self, pool: Pool, registry: ToolRegistry) -> None:
+        self._pool = pool
+        self._registry = registry
+
+    @activity.defn(name=c.PREPARE_TOOL_CALLS)
+    async def prepare(self, step: c.ToolStepInput) -> c.ToolPlan:
+        """Announce each call, answer the ones that cannot run, open approvals for gated ones."""
+        message = await messages.get(self._pool, message_id=step.message_id)
+        conversation = await conversations.get_by_id(self._pool, conversation_id=step.conversation_id)
+        if message is None or conversation is None:
+            raise ApplicationError("the turn's message or conversation is gone", type="internal_error")
+        allowed = {spec.name for spec in self._registry.for_conversation(conversation.tools)}
+        plan = c.ToolPlan()
+        for call in message.tool_calls or []:
+            plan.calls.append(await self._plan_call(step, call, allowed))
+        return plan
+
+    async def _plan_call(
+        self, step: c.ToolStepInput, call: dict[str, Any], allowed: set[str]
+    ) -> c.PlannedCall:
+        call_id, name = call["id"], call["function"]["name"]
+        tool = self._registry.get(name) if name in allowed else None
+        needs_person = tool is not None and tool.spec.requires_confirmation
+        invalid: ToolFailed | None = None
+        try:
+            arguments = parse_arguments(call["function"]["arguments"])
+        except InvalidArguments as err:
+            arguments, invalid = {}, err
+        await events.append_one(
+            self._pool,
+            turn_id=step.turn_id,
+            type="tool_request",
+            payload={
+                "tool_call_id": call_id,
+                "tool_id": name,
+                "arguments": arguments,
+                "requires_confirmation": needs_person,
+            },
+            dedupe_key=f"tool_request:{call_id}",
+        )
+        failure: ToolFailed | None = invalid
+        if tool is None:
+            failure = ToolFailed("unknown_tool", f"there is no tool named {name!r} in this conversation")
+        elif failure is None:
+            try:
+                self._registry.validate(name, arguments)
+            except InvalidArguments as err:
+                failure = err
+        if failure is not None or tool is None:
+            assert failure is not None
+            await _store_result(
+                self._pool, step.turn_id, step.conversation_id, call_id, name, "error", error=failure
+            )
+            return c.PlannedCall(tool_call_id=call_id, tool=name, action="done")
+        if not needs_person:
+            return c.PlannedCall(tool_call_id=call_id, tool=name, action="run", policy=tool.spec.policy)
+        approval = await self._open_approval(step, call_id, name, arguments)
+        return c.PlannedCall(
+            tool_call_id=call_id,
+            tool=name,
+            action="approve",
+            approval_id=approval.id,
+            policy=tool.spec.policy,
+        )
+
+    async def _open_approval(
+        self, step: c.ToolStepInput, call_id: str, name: str, arguments: dict[str, Any]
+    ) -> approvals.Approval:
+        async with self._pool.acquire() as conn, conn.transaction():
+            approval = await approvals.create(
+                conn,
+                turn_id=step.turn_id,
+                conversation_id=step.conversation_id,
+                user_id=step.user_id,
+                tool=name,
+                tool_call_id=call_id,
+                arguments=arguments,
+                expires_in=timedelta(seconds=step.approval_timeout_seconds),
+            )
+            await events.append(
+                conn,
+                turn_id=step.turn_id,
+                type="approval_required",
+                payload={
+                    "approval_id": approval.id,
+                    "tool_call_id": call_id,
+                    "tool_id": name,
+                    "arguments": approval.arguments,
+                    "expires_at": approval.expires_at.isoformat().replace("+00:00", "Z"),
+                },
+                dedupe_key=f"approval_required:{call_id}",
+            )
+        return approval
+
+    @activity.defn(name=c.RUN_TOOL)
+    async def run(self, call: c.RunToolInput) -> c.ToolRunResult:
+        done = await messages.get(self._pool, message_id=tool_message_id(call.turn_id, call.tool_call_id))
+        if done is not None:  # a retry after the result was stored
+            return c.ToolRunResult(status="done")
+        tool = self._registry.get(call.tool)
+        if tool is None:
+            raise ApplicationError(f"this worker cannot run {call.tool}", type="unknown_tool")
+        arguments = await self._arguments(call)
+        context = ToolContext(
+            turn_id=call.turn_id,
+            tool_call_id=call.tool_call_id,
+            user_id=call.user_id,
+            idempotency_key=f"{call.turn_id}:{call.tool_call_id}",
+        )
+        started = time.monotonic()
+        try:
+            self._registry.validate(call.tool, arguments)  # edited arguments too
+            result = await tool.run(arguments, context)
+        except ToolFailed as err:
+            await _store_result(
+                self._pool,
+                call.turn_id,
+                call.conversation_id,
+                call.tool_call_id,
+                call.tool,
+                "error",
+                error=err,
+            )
+            return c.ToolRunResult(status="error")
+        except ToolTemporarilyFailed as err:
+            attempt = activity.info().attempt
+            await events.append_one(
+                self._pool,
+                turn_id=call.turn_id,
+                type="tool_retry",
+                payload={
+                    "tool_call_id": call.tool_call_id,
+                    "tool_id": call.tool,
+                    "attempt": attempt,
+                    "error": str(err),
+                },
+            )
+            raise ApplicationError(str(err), type=ToolTemporarilyFailed.code) from err
+        except Exception as err:  # a tool's bug is the model's news, not the turn's end
+            log.exception("tool raised", tool=call.tool, turn_id=call.turn_id)
+            failure = ToolFailed("tool_failed", f"{call.tool} failed: {type(err).__name__}: {err}")
+            await _store_result(
+                self._pool,
+                call.turn_id,
+                call.conversation_id,
+                call.tool_call_id,
+                call.tool,
+                "error",
+                error=failure,
+            )
+            return c.ToolRunResult(status="error")
+        log.info(
+            "tool ran", tool=call.tool, turn_id=call.turn_id, ms=round((time.monotonic() - started) * 1000)
+        )
+        await _store_result(
+            self._pool, call.turn_id, call.conversation_id, call.tool_call_id, call.tool, "ok", result=result
+        )
+        return c.ToolRunResult(status="ok")
+
+    async def _arguments(self, call: c.RunToolInput) -> dict[str, Any]:
+        if call.approval_id is not None:
+            approval = await approvals.get_by_id(self._pool, approval_id=call.approval_id)
+            if approval is None:
+                raise ApplicationError("the approval is gone", type="internal_error", non_retryable=True)
+            return approval.arguments
+        message = await messages.get(self._pool, message_id=call.message_id)
+        raw = (
+            next(
+                (
+                    t["function"]["arguments"]
+                    for t in (message.tool_calls or [])
+                    if t["id"] == call.tool_call_id
+                ),
+                "{}",
+            )
+            if message
+            else "{}"
+        )
+        return parse_arguments(raw)
+
+    @activity.defn(name=c.RECORD_TOOL_RESULT)
+    async def record(self, outcome: c.RecordToolResultInput) -> None:
+        if outcome.status == "rejected":
+            approval = await approvals.get_by_id(self._pool, approval_id=outcome.approval_id or "")
+            reason = _rejection_reason(approval)
+            await _store_result(
+                self._pool,
+                outcome.turn_id,
+                outcome.conversation_id,
+                outcome.tool_call_id,
+                outcome.tool,
+                "rejected",
+                result={"status": "rejected", "reason": reason},
+            )
+            return
+        failure = ToolFailed(outcome.error_code or "tool_failed", outcome.error_message or "the tool failed")
+        await _store_result(
+            self._pool,
+            outcome.turn_id,
+            outcome.conversation_id,
+            outcome.tool_call_id,
+            outcome.tool,
+            "error",
+            error=failure,
+        )
+
+    @activity.defn(name=c.EXPIRE_APPROVAL)
+    async def expire(self, expiry: c.ExpireApprovalInput) -> c.ApprovalState:
+        async with self._pool.acquire() as conn, conn.transaction():
+            approval = await approvals.close_unless_decided(
+                conn, approval_id=expiry.approval_id, status="expired", reason="approval expired"
+            )
+        return c.ApprovalState(status=approval.status)
+
+
+def _rejection_reason(approval: approvals.Approval | None) -> str:
+    if approval is None or approval.status == "expired":
+        return "approval expired"
+    if approval.status == "cancelled":
+        return "the turn was cancelled"
+    return approval.reason or "rejected by the user"
+
+
+async def _store_result(
+    pool: Pool,
+    turn_id: str,
+    conversation_id: str,
+    tool_call_id: str,
+    tool: str,
+    status: str,
+    *,
+    result: Any = None,
+    error: ToolFailed | None = None,
+) -> None:
+    """The tool message for the model and its `tool_result` event, in one transaction."""
+    payload: dict[str, Any] = {"tool_call_id": tool_call_id, "tool_id": tool, "status": status}
+    if error is not None:
+        payload["error"] = error.as_result()
+        content = json.dumps({"error": error.as_result()}, ensure_ascii=False, default=str)
+    else:
+        payload["result"] = result
+        content = json.dumps(result, ensure_ascii=False, default=str)
+    if len(content) > MAX_RESULT_CHARS:
+        content = content[:MAX_RESULT_CHARS] + " …[truncated]"
+    async with pool.acquire() as conn, conn.transaction():
+        await messages.upsert_tool_message(
+            conn,
+            message_id=tool_message_id(turn_id, tool_call_id),
+            conversation_id=conversation_id,
+            turn_id=turn_id,
+            tool_call_id=tool_call_id,
+            content=content,
+        )
+        await events.append(
+            conn,
+            turn_id=turn_id,
+            type="tool_result",
+            payload=payload,
+            dedupe_key=f"tool_result:{tool_call_id}",
+        )

@@ -1,0 +1,255 @@
+"""The approval flow: nothing is sent before a person approves; the approved message is the
+one sent, exactly once; rejections, edits, races and cancellation behave as API.md says."""
+
+import asyncio
+import json
+
+from tests.conftest import marker
+from tests.helpers import create_conversation, read_sse, start_turn_json, wait_turn
+
+
+def email_args(tag: str, **extra):
+    return {"to": "bob@example.test", "subject": f"Report {tag}", "body": "<p>Hello <b>Bob</b></p>", **extra}
+
+
+def script_email(model, tag: str, arguments: dict, then: str = "All done.") -> None:
+    model.script(
+        tag,
+        [
+            {
+                "kind": "tool_calls",
+                "tool_calls": [{"id": "call_mail", "name": "send_email", "arguments": arguments}],
+            },
+            {"kind": "reply", "content": then},
+        ],
+    )
+
+
+async def park(user, model, tag: str, arguments: dict) -> tuple[dict, dict]:
+    """Start a turn whose model asks to send an email; return (turn, approval) once it waits."""
+    script_email(model, tag, arguments)
+    conv = await create_conversation(user.client)
+    started = await start_turn_json(user.client, conv["id"], f"please mail {tag}")
+    turn_id = started["turn"]["id"]
+    for _ in range(30):
+        turn = (await user.client.get(f"/api/v1/turns/{turn_id}", params={"wait": 10})).json()
+        if turn["status"] != "running" and turn["status"] != "queued":
+            break
+    assert turn["status"] == "awaiting_approval", turn
+    assert len(turn["pending_approvals"]) == 1
+    return turn, turn["pending_approvals"][0]
+
+
+async def events_of(user, turn_id: str) -> list[dict]:
+    events, _ = await read_sse(user.client, "GET", f"/api/v1/turns/{turn_id}/events")
+    return events
+
+
+async def test_tool_catalog_lists_send_email(user):
+    tools = (await user.client.get("/api/v1/tools")).json()
+    assert tools["object"] == "list"
+    send = next(t for t in tools["data"] if t["name"] == "send_email")
+    assert send["requires_confirmation"] is True and send["source"] == "builtin" and send["healthy"] is True
+    assert send["input_schema"]["type"] == "object"
+    conv = await user.client.post("/api/v1/conversations", json={"tools": ["send_email"]})
+    assert conv.status_code == 201 and conv.json()["tools"] == ["send_email"]
+
+
+async def test_approve_sends_exactly_one_message(user, model, mail):
+    tag = marker()
+    turn, approval = await park(user, model, tag, email_args(tag, cc=["carol@example.test"]))
+    assert approval["tool"] == "send_email" and approval["status"] == "pending"
+    assert approval["arguments"]["subject"] == f"Report {tag}"
+    await asyncio.sleep(0.5)
+    assert mail.messages(tag) == [], "nothing is sent before approval"
+    listed = (await user.client.get("/api/v1/approvals", params={"status": "pending"})).json()
+    assert approval["id"] in [a["id"] for a in listed["data"]]
+
+    decided = await user.client.post(f"/api/v1/approvals/{approval['id']}", json={"decision": "approve"})
+    assert decided.status_code == 200, decided.text
+    body = decided.json()
+    assert body["status"] == "approved" and body["decided_by"] == user.id and body["decided_at"]
+
+    done = await wait_turn(user.client, turn["id"])
+    assert done["status"] == "completed" and done["output"]["content"] == "All done."
+    received = mail.messages(tag)
+    assert len(received) == 1
+    assert sorted(received[0].rcpt_tos) == ["bob@example.test", "carol@example.test"]
+    events = await events_of(user, turn["id"])
+    types = [e["type"] for e in events]
+    order = [types.index(t) for t in ("tool_request", "approval_required", "approval_decided", "tool_result")]
+    assert order == sorted(order)
+    result = next(e for e in events if e["type"] == "tool_result")
+    assert result["status"] == "ok" and result["tool_id"] == "send_email"
+    assert result["result"]["message_id"] == str(received[0].message["Message-ID"])
+    statuses = [e["status"] for e in events if e["type"] == "status"]
+    assert statuses == ["queued", "running", "awaiting_approval", "running", "completed"]
+    # The model saw the tool's result in its next request.
+    second = model.requests(tag)[-1].body["messages"]
+    tool_message = next(m for m in second if m["role"] == "tool")
+    assert tool_message["tool_call_id"] == "call_mail"
+    assert json.loads(tool_message["content"])["message_id"] == result["result"]["message_id"]
+
+    again = await user.client.post(f"/api/v1/approvals/{approval['id']}", json={"decision": "approve"})
+    assert again.status_code == 200 and again.json() == body
+    other = await user.client.post(f"/api/v1/approvals/{approval['id']}", json={"decision": "reject"})
+    assert other.status_code == 409 and other.json()["code"] == "approval_already_decided"
+    assert len(mail.messages(tag)) == 1
+
+
+async def test_approve_with_edited_arguments_sends_the_edit(user, model, mail):
+    tag = marker()
+    turn, approval = await park(user, model, tag, email_args(tag))
+    edited = email_args(tag, subject=f"Edited {tag}", to=["dave@example.test"])
+    bad = await user.client.post(
+        f"/api/v1/approvals/{approval['id']}", json={"decision": "approve", "arguments": {"subject": 3}}
+    )
+    assert bad.status_code == 422 and bad.json()["code"] == "validation_failed"
+    ok = await user.client.post(
+        f"/api/v1/approvals/{approval['id']}", json={"decision": "approve", "arguments": edited}
+    )
+    assert ok.status_code == 200 and ok.json()["arguments"] == edited
+    assert ok.json()["requested_arguments"]["subject"] == f"Report {tag}"
+    assert (await wait_turn(user.client, turn["id"]))["status"] == "completed"
+    received = mail.messages(tag)
+    assert len(received) == 1
+    assert received[0].message["Subject"] == f"Edited {tag}" and received[0].rcpt_tos == ["dave@example.test"]
+    events = await events_of(user, turn["id"])
+    decided = next(e for e in events if e["type"] == "approval_decided")
+    assert (
+        decided["decision"] == "approved"
+        and decided["arguments"] == edited
+        and decided["decided_by"] == user.id
+    )
+    requested = next(e for e in events if e["type"] == "tool_request")
+    assert requested["arguments"]["subject"] == f"Report {tag}"
+
+
+async def test_reject_sends_nothing_and_tells_the_model(user, model, mail):
+    tag = marker()
+    turn, approval = await park(user, model, tag, email_args(tag))
+    rejected = await user.client.post(
+        f"/api/v1/approvals/{approval['id']}", json={"decision": "reject", "reason": "not now"}
+    )
+    assert rejected.status_code == 200 and rejected.json()["status"] == "rejected"
+    assert rejected.json()["reason"] == "not now"
+    assert (await wait_turn(user.client, turn["id"]))["status"] == "completed"
+    assert mail.messages(tag) == []
+    events = await events_of(user, turn["id"])
+    result = next(e for e in events if e["type"] == "tool_result")
+    assert result["status"] == "rejected" and result["result"] == {"status": "rejected", "reason": "not now"}
+    tool_message = next(m for m in model.requests(tag)[-1].body["messages"] if m["role"] == "tool")
+    assert json.loads(tool_message["content"]) == {"status": "rejected", "reason": "not now"}
+    late = await user.client.post(f"/api/v1/approvals/{approval['id']}", json={"decision": "approve"})
+    assert late.status_code == 409 and late.json()["code"] == "approval_already_decided"
+
+
+async def test_concurrent_decisions_have_one_effect(user, model, mail, pool):
+    tag = marker()
+    turn, approval = await park(user, model, tag, email_args(tag))
+    url = f"/api/v1/approvals/{approval['id']}"
+    answers = await asyncio.gather(
+        *(user.client.post(url, json={"decision": "approve" if i % 2 else "reject"}) for i in range(20))
+    )
+    codes = sorted(a.status_code for a in answers)
+    assert set(codes) <= {200, 409}
+    winner = (await user.client.get(url)).json()["status"]
+    assert winner in ("approved", "rejected")
+    # Every 200 reports the winning decision; every 409 is the other one.
+    assert all(a.json()["status"] == winner for a in answers if a.status_code == 200)
+    assert all(a.json()["code"] == "approval_already_decided" for a in answers if a.status_code == 409)
+    applied = await pool.fetchval(
+        "SELECT count(*) FROM approval_audit WHERE approval_id = $1 AND outcome = 'applied'", approval["id"]
+    )
+    assert applied == 1
+    assert (
+        await pool.fetchval("SELECT count(*) FROM approval_audit WHERE approval_id = $1", approval["id"])
+        == 20
+    )
+    assert (await wait_turn(user.client, turn["id"]))["status"] == "completed"
+    assert len(mail.messages(tag)) == (1 if winner == "approved" else 0)
+
+
+async def test_other_users_approval_is_not_found(user, make_user, model):
+    tag = marker()
+    _turn, approval = await park(user, model, tag, email_args(tag))
+    stranger = await make_user("mallory")
+    for response in (
+        await stranger.client.get(f"/api/v1/approvals/{approval['id']}"),
+        await stranger.client.post(f"/api/v1/approvals/{approval['id']}", json={"decision": "approve"}),
+    ):
+        assert response.status_code == 404 and response.json()["code"] == "not_found"
+        assert tag not in response.text
+    assert (await stranger.client.get("/api/v1/approvals")).json()["data"] == []
+    assert (
+        await user.client.post(f"/api/v1/approvals/{approval['id']}", json={"decision": "reject"})
+    ).status_code == 200
+
+
+async def test_cancel_while_waiting_cancels_the_approval(user, model, mail):
+    tag = marker()
+    turn, approval = await park(user, model, tag, email_args(tag))
+    assert (await user.client.post(f"/api/v1/turns/{turn['id']}/cancel")).status_code == 202
+    done = await wait_turn(user.client, turn["id"])
+    assert done["status"] == "cancelled" and done["pending_approvals"] == []
+    state = (await user.client.get(f"/api/v1/approvals/{approval['id']}")).json()
+    assert state["status"] == "cancelled"
+    late = await user.client.post(f"/api/v1/approvals/{approval['id']}", json={"decision": "approve"})
+    assert late.status_code == 409 and late.json()["code"] == "approval_cancelled"
+    events = await events_of(user, turn["id"])
+    decided = next(e for e in events if e["type"] == "approval_decided")
+    assert decided["decision"] == "cancelled" and decided["decided_by"] is None
+    assert events[-1]["type"] == "cancelled"
+    assert mail.messages(tag) == []
+
+
+async def test_invalid_arguments_and_unknown_tools_go_back_to_the_model(user, model, mail):
+    tag = marker()
+    model.script(
+        tag,
+        [
+            {
+                "kind": "tool_calls",
+                "tool_calls": [
+                    {"id": "call_bad", "name": "send_email", "arguments": {"subject": f"No recipient {tag}"}},
+                    {
+                        "id": "call_crlf",
+                        "name": "send_email",
+                        "arguments": email_args(tag, subject=f"Hi {tag}\r\nBcc: eve@example.test"),
+                    },
+                    {"id": "call_json", "name": "send_email", "arguments": "{not json"},
+                    {"id": "call_nope", "name": "launch_rockets", "arguments": {}},
+                ],
+            },
+            {"kind": "reply", "content": "I could not do that."},
+        ],
+    )
+    conv = await create_conversation(user.client)
+    started = await start_turn_json(user.client, conv["id"], f"go {tag}")
+    done = await wait_turn(user.client, started["turn"]["id"])
+    assert done["status"] == "completed" and done["output"]["content"] == "I could not do that."
+    events = await events_of(user, started["turn"]["id"])
+    assert not any(e["type"] == "approval_required" for e in events)
+    results = {e["tool_call_id"]: e for e in events if e["type"] == "tool_result"}
+    assert (
+        results["call_bad"]["status"] == "error"
+        and results["call_bad"]["error"]["code"] == "invalid_arguments"
+    )
+    assert any("to" in m for m in results["call_bad"]["error"]["errors"])
+    assert results["call_crlf"]["error"]["code"] == "invalid_arguments"
+    assert results["call_json"]["error"]["code"] == "invalid_arguments"
+    assert results["call_nope"]["error"]["code"] == "unknown_tool"
+    tool_messages = [m for m in model.requests(tag)[-1].body["messages"] if m["role"] == "tool"]
+    assert {m["tool_call_id"] for m in tool_messages} == set(results)
+    assert mail.messages(tag) == []
+
+
+async def test_smtp_refusal_is_a_tool_error_and_the_turn_goes_on(user, model, mail):
+    tag = marker()
+    mail.handler.refuse_rcpt.add(f"nobody-{tag[3:-1]}@example.test")
+    turn, approval = await park(user, model, tag, email_args(tag, to=f"nobody-{tag[3:-1]}@example.test"))
+    await user.client.post(f"/api/v1/approvals/{approval['id']}", json={"decision": "approve"})
+    assert (await wait_turn(user.client, turn["id"]))["status"] == "completed"
+    result = next(e for e in await events_of(user, turn["id"]) if e["type"] == "tool_result")
+    assert result["status"] == "error" and result["error"]["code"] == "email_rejected"
+    assert mail.messages(tag) == []
