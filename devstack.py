@@ -216,11 +216,11 @@ def temporal_binary() -> str:
 class EmbeddedTemporal:
     """The Temporal dev server, SQLite-backed in `data_dir` (or in memory), on free ports."""
 
-    def __init__(self, data_dir: Path, *, persistent: bool = True) -> None:
+    def __init__(self, data_dir: Path, *, persistent: bool = True, port: int = 0) -> None:
         self.data_dir = data_dir.resolve()
         self.persistent = persistent
         self.log = self.data_dir / "temporal.log"
-        self.port = 0
+        self.port = port  # 0: a free port; start() again on this object reuses it (same address)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -229,7 +229,7 @@ class EmbeddedTemporal:
 
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = self.port or free_port()
         args = [
             temporal_binary(),
             "server",
