@@ -178,7 +178,15 @@ class _Reply:
             call["function"]["arguments"] += delta.function.arguments or ""
 
     def tool_calls_json(self) -> list[dict[str, Any]]:
-        return [self._calls[i] for i in sorted(self._calls)]
+        """The calls in order, each with an id unique in this reply (some models send none,
+        or `call_0` for every call), since results are matched to calls by id."""
+        calls = [self._calls[i] for i in sorted(self._calls)]
+        seen: set[str] = set()
+        for position, call in enumerate(calls):
+            if not call["id"] or call["id"] in seen:
+                call["id"] = f"call_{position}_{len(seen)}"
+            seen.add(call["id"])
+        return calls
 
 
 @contextlib.asynccontextmanager

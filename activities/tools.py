@@ -7,6 +7,7 @@ approval, when a person edited them), and results are written as tool messages w
 
 import json
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -68,7 +69,7 @@ class ToolActivities:
                 "arguments": arguments,
                 "requires_confirmation": needs_person,
             },
-            dedupe_key=f"tool_request:{call_id}",
+            dedupe_key=f"tool_request:{step.message_id}:{call_id}",
         )
         failure: ToolFailed | None = invalid
         if tool is None:
@@ -81,7 +82,10 @@ class ToolActivities:
         if failure is not None or tool is None:
             assert failure is not None
             await _store_result(
-                self._pool, step.turn_id, step.conversation_id, call_id, name, "error", error=failure
+                self._pool,
+                CallRef(step.turn_id, step.conversation_id, step.message_id, call_id, name),
+                "error",
+                error=failure,
             )
             return c.PlannedCall(tool_call_id=call_id, tool=name, action="done")
         if not needs_person:
@@ -104,6 +108,7 @@ class ToolActivities:
                 turn_id=step.turn_id,
                 conversation_id=step.conversation_id,
                 user_id=step.user_id,
+                step_message_id=step.message_id,
                 tool=name,
                 tool_call_id=call_id,
                 arguments=arguments,
@@ -120,13 +125,15 @@ class ToolActivities:
                     "arguments": approval.arguments,
                     "expires_at": approval.expires_at.isoformat().replace("+00:00", "Z"),
                 },
-                dedupe_key=f"approval_required:{call_id}",
+                dedupe_key=f"approval_required:{step.message_id}:{call_id}",
             )
         return approval
 
     @activity.defn(name=c.RUN_TOOL)
     async def run(self, call: c.RunToolInput) -> c.ToolRunResult:
-        done = await messages.get(self._pool, message_id=tool_message_id(call.turn_id, call.tool_call_id))
+        done = await messages.get(
+            self._pool, message_id=tool_message_id(call.turn_id, call.message_id, call.tool_call_id)
+        )
         if done is not None:  # a retry after the result was stored
             return c.ToolRunResult(status="done")
         tool = self._registry.get(call.tool)
@@ -137,22 +144,14 @@ class ToolActivities:
             turn_id=call.turn_id,
             tool_call_id=call.tool_call_id,
             user_id=call.user_id,
-            idempotency_key=f"{call.turn_id}:{call.tool_call_id}",
+            idempotency_key=f"{call.turn_id}:{call.message_id}:{call.tool_call_id}",
         )
         started = time.monotonic()
         try:
             self._registry.validate(call.tool, arguments)  # edited arguments too
             result = await tool.run(arguments, context)
         except ToolFailed as err:
-            await _store_result(
-                self._pool,
-                call.turn_id,
-                call.conversation_id,
-                call.tool_call_id,
-                call.tool,
-                "error",
-                error=err,
-            )
+            await _store_result(self._pool, CallRef.of(call), "error", error=err)
             return c.ToolRunResult(status="error")
         except ToolTemporarilyFailed as err:
             attempt = activity.info().attempt
@@ -171,22 +170,12 @@ class ToolActivities:
         except Exception as err:  # a tool's bug is the model's news, not the turn's end
             log.exception("tool raised", tool=call.tool, turn_id=call.turn_id)
             failure = ToolFailed("tool_failed", f"{call.tool} failed: {type(err).__name__}: {err}")
-            await _store_result(
-                self._pool,
-                call.turn_id,
-                call.conversation_id,
-                call.tool_call_id,
-                call.tool,
-                "error",
-                error=failure,
-            )
+            await _store_result(self._pool, CallRef.of(call), "error", error=failure)
             return c.ToolRunResult(status="error")
         log.info(
             "tool ran", tool=call.tool, turn_id=call.turn_id, ms=round((time.monotonic() - started) * 1000)
         )
-        await _store_result(
-            self._pool, call.turn_id, call.conversation_id, call.tool_call_id, call.tool, "ok", result=result
-        )
+        await _store_result(self._pool, CallRef.of(call), "ok", result=result)
         return c.ToolRunResult(status="ok")
 
     async def _arguments(self, call: c.RunToolInput) -> dict[str, Any]:
@@ -216,25 +205,11 @@ class ToolActivities:
             approval = await approvals.get_by_id(self._pool, approval_id=outcome.approval_id or "")
             reason = _rejection_reason(approval)
             await _store_result(
-                self._pool,
-                outcome.turn_id,
-                outcome.conversation_id,
-                outcome.tool_call_id,
-                outcome.tool,
-                "rejected",
-                result={"status": "rejected", "reason": reason},
+                self._pool, CallRef.of(outcome), "rejected", result={"status": "rejected", "reason": reason}
             )
             return
         failure = ToolFailed(outcome.error_code or "tool_failed", outcome.error_message or "the tool failed")
-        await _store_result(
-            self._pool,
-            outcome.turn_id,
-            outcome.conversation_id,
-            outcome.tool_call_id,
-            outcome.tool,
-            "error",
-            error=failure,
-        )
+        await _store_result(self._pool, CallRef.of(outcome), "error", error=failure)
 
     @activity.defn(name=c.EXPIRE_APPROVAL)
     async def expire(self, expiry: c.ExpireApprovalInput) -> c.ApprovalState:
@@ -253,19 +228,31 @@ def _rejection_reason(approval: approvals.Approval | None) -> str:
     return approval.reason or "rejected by the user"
 
 
+@dataclass(frozen=True)
+class CallRef:
+    """One tool call of one model reply: call ids are unique within a reply only."""
+
+    turn_id: str
+    conversation_id: str
+    message_id: str
+    tool_call_id: str
+    tool: str
+
+    @classmethod
+    def of(cls, call: c.RunToolInput | c.RecordToolResultInput) -> "CallRef":
+        return cls(call.turn_id, call.conversation_id, call.message_id, call.tool_call_id, call.tool)
+
+
 async def _store_result(
     pool: Pool,
-    turn_id: str,
-    conversation_id: str,
-    tool_call_id: str,
-    tool: str,
+    call: CallRef,
     status: str,
     *,
     result: Any = None,
     error: ToolFailed | None = None,
 ) -> None:
     """The tool message for the model and its `tool_result` event, in one transaction."""
-    payload: dict[str, Any] = {"tool_call_id": tool_call_id, "tool_id": tool, "status": status}
+    payload: dict[str, Any] = {"tool_call_id": call.tool_call_id, "tool_id": call.tool, "status": status}
     if error is not None:
         payload["error"] = error.as_result()
         content = json.dumps({"error": error.as_result()}, ensure_ascii=False, default=str)
@@ -277,16 +264,16 @@ async def _store_result(
     async with pool.acquire() as conn, conn.transaction():
         await messages.upsert_tool_message(
             conn,
-            message_id=tool_message_id(turn_id, tool_call_id),
-            conversation_id=conversation_id,
-            turn_id=turn_id,
-            tool_call_id=tool_call_id,
+            message_id=tool_message_id(call.turn_id, call.message_id, call.tool_call_id),
+            conversation_id=call.conversation_id,
+            turn_id=call.turn_id,
+            tool_call_id=call.tool_call_id,
             content=content,
         )
         await events.append(
             conn,
-            turn_id=turn_id,
+            turn_id=call.turn_id,
             type="tool_result",
             payload=payload,
-            dedupe_key=f"tool_result:{tool_call_id}",
+            dedupe_key=f"tool_result:{call.message_id}:{call.tool_call_id}",
         )

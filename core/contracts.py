@@ -114,6 +114,7 @@ class RecordToolResultInput:
     tool: str
     status: str
     approval_id: str | None = None
+    message_id: str = ""
     error_code: str | None = None
     error_message: str | None = None
 

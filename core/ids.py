@@ -34,7 +34,10 @@ def assistant_message_id(turn_id: str, step: int) -> str:
     return f"msg_{turn_id.removeprefix('turn_')}s{step}"
 
 
-def tool_message_id(turn_id: str, tool_call_id: str) -> str:
-    """The deterministic id of the tool message answering a tool call (retries overwrite)."""
-    digest = hashlib.sha256(tool_call_id.encode()).hexdigest()[:16]
+def tool_message_id(turn_id: str, step_message_id: str, tool_call_id: str) -> str:
+    """The deterministic id of the tool message answering a tool call (retries overwrite).
+
+    Call ids are unique within one model reply only, hence the reply's message id too.
+    """
+    digest = hashlib.sha256(f"{step_message_id}\n{tool_call_id}".encode()).hexdigest()[:16]
     return f"msg_{turn_id.removeprefix('turn_')}t{digest}"

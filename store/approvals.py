@@ -41,6 +41,7 @@ async def create(
     turn_id: str,
     conversation_id: str,
     user_id: str,
+    step_message_id: str,
     tool: str,
     tool_call_id: str,
     arguments: dict[str, Any],
@@ -49,9 +50,9 @@ async def create(
     """The pending approval of a tool call; an existing one (a retried activity) is returned."""
     row = await conn.fetchrow(
         "INSERT INTO approvals (id, turn_id, conversation_id, user_id, tool, tool_call_id,"
-        " requested_arguments, arguments, status, expires_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 'pending', now() + $8)"
-        " ON CONFLICT (turn_id, tool_call_id) DO NOTHING"
+        " requested_arguments, arguments, status, expires_at, step_message_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 'pending', now() + $8, $9)"
+        " ON CONFLICT (turn_id, step_message_id, tool_call_id) DO NOTHING"
         f" RETURNING {_COLUMNS}",
         new_id("apr"),
         turn_id,
@@ -61,11 +62,14 @@ async def create(
         tool_call_id,
         arguments,
         expires_in,
+        step_message_id,
     )
     if row is None:
         row = await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM approvals WHERE turn_id = $1 AND tool_call_id = $2",
+            f"SELECT {_COLUMNS} FROM approvals"
+            " WHERE turn_id = $1 AND step_message_id = $2 AND tool_call_id = $3",
             turn_id,
+            step_message_id,
             tool_call_id,
         )
     assert row is not None

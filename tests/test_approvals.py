@@ -253,3 +253,91 @@ async def test_smtp_refusal_is_a_tool_error_and_the_turn_goes_on(user, model, ma
     result = next(e for e in await events_of(user, turn["id"]) if e["type"] == "tool_result")
     assert result["status"] == "error" and result["error"]["code"] == "email_rejected"
     assert mail.messages(tag) == []
+
+
+async def test_two_calls_wait_together_and_both_run(user, model, mail):
+    tag = marker()
+    model.script(
+        tag,
+        [
+            {
+                "kind": "tool_calls",
+                "tool_calls": [
+                    {"id": "call_a", "name": "send_email", "arguments": email_args(tag, subject=f"A {tag}")},
+                    {"id": "call_b", "name": "send_email", "arguments": email_args(tag, subject=f"B {tag}")},
+                ],
+            },
+            {"kind": "reply", "content": "Both sent."},
+        ],
+    )
+    conv = await create_conversation(user.client)
+    started = await start_turn_json(user.client, conv["id"], f"two mails {tag}")
+    turn_id = started["turn"]["id"]
+    turn = (await user.client.get(f"/api/v1/turns/{turn_id}", params={"wait": 20})).json()
+    assert turn["status"] == "awaiting_approval"
+    pending = turn["pending_approvals"]
+    assert sorted(a["tool_call_id"] for a in pending) == ["call_a", "call_b"]
+    first = await user.client.post(f"/api/v1/approvals/{pending[0]['id']}", json={"decision": "approve"})
+    assert first.status_code == 200
+    await asyncio.sleep(0.5)
+    still = (await user.client.get(f"/api/v1/turns/{turn_id}")).json()
+    assert still["status"] == "awaiting_approval" and len(still["pending_approvals"]) == 1
+    assert mail.messages(tag) == [], "approved calls run once every call of the step is decided"
+    await user.client.post(f"/api/v1/approvals/{pending[1]['id']}", json={"decision": "approve"})
+    done = await wait_turn(user.client, turn_id)
+    assert done["status"] == "completed" and done["output"]["content"] == "Both sent."
+    assert sorted(str(m.message["Subject"]) for m in mail.messages(tag)) == [f"A {tag}", f"B {tag}"]
+
+
+async def test_a_model_that_never_stops_calling_tools_hits_the_step_limit(user, model, settings):
+    tag = marker()
+    model.script(
+        tag,
+        [
+            {
+                "kind": "tool_calls",
+                "tool_calls": [{"id": "call_loop", "name": "no_such_tool", "arguments": {}}],
+            }
+        ],
+    )
+    conv = await create_conversation(user.client)
+    started = await start_turn_json(user.client, conv["id"], f"loop {tag}")
+    done = await wait_turn(user.client, started["turn"]["id"])
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "max_steps_exceeded" and done["error"]["retryable"] is False
+    assert len(model.requests(tag)) == settings.max_steps
+    events = await events_of(user, started["turn"]["id"])
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "max_steps_exceeded"
+    # The model reused one call id every step: each step's call is still answered on its own.
+    results = [e for e in events if e["type"] == "tool_result"]
+    assert len(results) == settings.max_steps
+    last_request = model.requests(tag)[-1].body["messages"]
+    assert sum(m["role"] == "tool" for m in last_request) == settings.max_steps - 1
+
+
+async def test_calls_sharing_an_id_in_one_reply_are_each_answered(user, model):
+    tag = marker()
+    model.script(
+        tag,
+        [
+            {
+                "kind": "tool_calls",
+                "tool_calls": [
+                    {"id": "call_0", "name": "first_missing_tool", "arguments": {}},
+                    {"id": "call_0", "name": "second_missing_tool", "arguments": {}},
+                ],
+            },
+            {"kind": "reply", "content": "ok"},
+        ],
+    )
+    conv = await create_conversation(user.client)
+    started = await start_turn_json(user.client, conv["id"], f"dup {tag}")
+    assert (await wait_turn(user.client, started["turn"]["id"]))["status"] == "completed"
+    events = await events_of(user, started["turn"]["id"])
+    results = [e for e in events if e["type"] == "tool_result"]
+    assert [r["tool_id"] for r in results] == ["first_missing_tool", "second_missing_tool"]
+    assert len({r["tool_call_id"] for r in results}) == 2
+    sent = model.requests(tag)[-1].body["messages"]
+    calls = next(m for m in sent if m["role"] == "assistant")["tool_calls"]
+    answered = [m["tool_call_id"] for m in sent if m["role"] == "tool"]
+    assert sorted(answered) == sorted(c["id"] for c in calls)

@@ -91,7 +91,7 @@ class TurnWorkflow:
             *(
                 self._run_tool(turn, message_id, call)
                 if decision == "approved"
-                else self._record(turn, call, "rejected")
+                else self._record(turn, message_id, call, "rejected")
                 for call, decision in zip(gated, decisions, strict=True)
             )
         )
@@ -135,11 +135,12 @@ class TurnWorkflow:
             message = (
                 cause.message if isinstance(cause, ApplicationError) else "the tool failed on every attempt"
             )
-            await self._record(turn, call, "error", error_code=code, error_message=message)
+            await self._record(turn, message_id, call, "error", error_code=code, error_message=message)
 
     async def _record(
         self,
         turn: c.TurnInput,
+        message_id: str,
         call: c.PlannedCall,
         status: str,
         *,
@@ -157,6 +158,7 @@ class TurnWorkflow:
                 approval_id=call.approval_id,
                 error_code=error_code,
                 error_message=error_message,
+                message_id=message_id,
             ),
             **policies.TURN_BOOKKEEPING,
         )
