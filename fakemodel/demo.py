@@ -41,6 +41,8 @@ def demo_answer(question: str) -> str:
         "(any OpenAI-compatible endpoint works) and restart.\n"
         "- **Keep chatting:** the conversation history is stored, so follow-ups see "
         "earlier turns.\n"
+        "- **Try an approval:** with SMTP configured, ask me to email someone (an address "
+        "in your message); nothing is sent until you approve it.\n"
         "- **Test durability:** stop the worker while an answer is streaming, start it "
         "again, and watch the turn finish.\n"
     )

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fakemodel.chunks import error_body
 from fakemodel.demo import demo_answer
+from fakemodel.demo_tools import demo_step
 from fakemodel.messages import last_user_text, prompt_token_count
 from fakemodel.respond import completion_response, error_response, install_log_filter, plan_for
 from fakemodel.script import ErrorStep, RecordedRequest, ScriptBook, Step
@@ -86,7 +87,9 @@ def create_app(
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             return _bad_request(f"Invalid request at '{where}': {first['msg']}")
-        _, step = scripts.take(raw)
+        script_id, step = scripts.take(raw)
+        if script_id is None:
+            step = demo_step(raw)
         if isinstance(step, ErrorStep):
             return error_response(step)
         demo = demo_answer(last_user_text(chat.messages) or "") if step is None else ""

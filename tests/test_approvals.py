@@ -341,3 +341,23 @@ async def test_calls_sharing_an_id_in_one_reply_are_each_answered(user, model):
     calls = next(m for m in sent if m["role"] == "assistant")["tool_calls"]
     answered = [m["tool_call_id"] for m in sent if m["role"] == "tool"]
     assert sorted(answered) == sorted(c["id"] for c in calls)
+
+
+async def test_the_offline_demo_model_drafts_an_email_for_approval(user, mail):
+    """`assistant dev` without a real model still shows the approval flow end to end."""
+    tag = marker()
+    conv = await create_conversation(user.client)
+    started = await start_turn_json(
+        user.client, conv["id"], f"Please email alice@example.test about lunch {tag}"
+    )
+    turn = (await user.client.get(f"/api/v1/turns/{started['turn']['id']}", params={"wait": 20})).json()
+    assert turn["status"] == "awaiting_approval"
+    [approval] = turn["pending_approvals"]
+    assert approval["arguments"]["to"] == "alice@example.test" and tag in approval["arguments"]["subject"]
+    await user.client.post(f"/api/v1/approvals/{approval['id']}", json={"decision": "approve"})
+    done = await wait_turn(user.client, turn["id"])
+    assert done["status"] == "completed"
+    [received] = mail.messages(tag)
+    assert received.rcpt_tos == ["alice@example.test"]
+    assert done["output"]["content"].startswith("Done: the email was accepted for alice@example.test")
+    assert str(received.message["Message-ID"]) in done["output"]["content"]
