@@ -6,14 +6,14 @@ message under a deterministic id, so a retry overwrites instead of duplicating.
 """
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import openai
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeat import heartbeating
 from activities.model_errors import classify
 from activities.relay import TokenRelay
 from core import contracts as c
@@ -23,9 +23,6 @@ from core.ids import assistant_message_id
 from store import conversations, messages, turns
 from store.db import Pool
 from tools.registry import ToolRegistry
-
-# Frequent heartbeats carry cancellation back quickly (the worker throttles them to 0.5 s).
-_HEARTBEAT_EVERY = 0.25
 
 
 class ModelActivities:
@@ -62,7 +59,7 @@ class ModelActivities:
             self._pool, turn_id=step.turn_id, message_id=message_id, attempt=attempt
         )
         try:
-            async with _heartbeating():
+            async with heartbeating():
                 try:
                     reply = await self._stream(model, request, tools, relay, begin)
                     await relay.close()
@@ -187,19 +184,3 @@ class _Reply:
                 call["id"] = f"call_{position}_{len(seen)}"
             seen.add(call["id"])
         return calls
-
-
-@contextlib.asynccontextmanager
-async def _heartbeating() -> AsyncIterator[None]:
-    """Heartbeat while the body runs, so a dead worker is noticed and cancels reach us."""
-
-    async def beat() -> None:
-        while True:
-            activity.heartbeat()
-            await asyncio.sleep(_HEARTBEAT_EVERY)
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()

@@ -5,8 +5,10 @@ approval, when a person edited them), and results are written as tool messages w
 `tool_result` event in one transaction, so a retried activity never answers a call twice.
 """
 
+import asyncio
 import json
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -15,6 +17,7 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeat import heartbeating
 from core import contracts as c
 from core.ids import tool_message_id
 from store import approvals, conversations, events, messages
@@ -149,7 +152,8 @@ class ToolActivities:
         started = time.monotonic()
         try:
             self._registry.validate(call.tool, arguments)  # edited arguments too
-            result = await tool.run(arguments, context)
+            async with heartbeating():
+                result = await _uninterrupted(tool.run(arguments, context))
         except ToolFailed as err:
             await _store_result(self._pool, CallRef.of(call), "error", error=err)
             return c.ToolRunResult(status="error")
@@ -218,6 +222,21 @@ class ToolActivities:
                 conn, approval_id=expiry.approval_id, status="expired", reason="approval expired"
             )
         return c.ApprovalState(status=approval.status)
+
+
+async def _uninterrupted(work: Coroutine[Any, Any, Any]) -> Any:
+    """Run a tool to its end even if the turn is cancelled meanwhile.
+
+    Heartbeats deliver cancellation, but a side effect cut half-way (an email during DATA)
+    would only make its outcome unknown; the turn ends cancelled once the call is done.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if task.done() or not activity.is_cancelled():
+            raise
+        return await task
 
 
 def _rejection_reason(approval: approvals.Approval | None) -> str:

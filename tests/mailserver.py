@@ -32,6 +32,8 @@ class _Handler:
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Called (in the server's thread) after a message is stored, before the 250 reply.
     on_data: Any = None
+    # Called (in the server's thread) when a client sends QUIT, before the 221 reply.
+    on_quit: Any = None
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if address in self.refuse_rcpt:
@@ -47,6 +49,11 @@ class _Handler:
         if self.on_data is not None:
             self.on_data()
         return "250 2.0.0 queued"
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.on_quit is not None:
+            self.on_quit()
+        return "221 Bye"  # aiosmtpd's own reply
 
 
 class MailServer:

@@ -50,6 +50,7 @@ TURN_BOOKKEEPING: dict[str, Any] = {
 TOOL_CALL: dict[str, dict[str, Any]] = {
     "default": {
         "start_to_close_timeout": timedelta(minutes=2),
+        "heartbeat_timeout": timedelta(seconds=10),
         "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         "retry_policy": RetryPolicy(
             initial_interval=timedelta(seconds=1),
@@ -58,14 +59,18 @@ TOOL_CALL: dict[str, dict[str, Any]] = {
             maximum_attempts=3,
         ),
     },
+    # A mail server that is down is waited for (the turn shows `tool_retry` events) for up
+    # to an hour, then the model is told it is unavailable.
     "email": {
         "start_to_close_timeout": timedelta(minutes=2),
+        "schedule_to_close_timeout": timedelta(hours=1),
+        "heartbeat_timeout": timedelta(seconds=10),
         "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         "retry_policy": RetryPolicy(
             initial_interval=timedelta(seconds=1),
             backoff_coefficient=2.0,
-            maximum_interval=timedelta(seconds=30),
-            maximum_attempts=10,
+            maximum_interval=timedelta(seconds=60),
+            maximum_attempts=0,
         ),
     },
 }

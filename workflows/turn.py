@@ -131,10 +131,12 @@ class TurnWorkflow:
             if isinstance(err.cause, CancelledError):
                 raise
             cause = err.cause
-            code = cause.type if isinstance(cause, ApplicationError) and cause.type else "tool_failed"
-            message = (
-                cause.message if isinstance(cause, ApplicationError) else "the tool failed on every attempt"
-            )
+            if isinstance(cause, ApplicationError):
+                code, message = cause.type or "tool_failed", cause.message
+            elif isinstance(cause, ActivityTimeout):
+                code, message = "tool_unavailable", "the tool did not answer in time, on every attempt"
+            else:
+                code, message = "tool_failed", "the tool failed on every attempt"
             await self._record(turn, message_id, call, "error", error_code=code, error_message=message)
 
     async def _record(
