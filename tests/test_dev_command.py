@@ -58,7 +58,7 @@ def _stop_dev(proc) -> list[psutil.Process]:
     assert children, "dev runs its services as child processes"
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 0
-    _gone, alive = psutil.wait_procs(children, timeout=10)
+    _gone, alive = psutil.wait_procs(children, timeout=20)
     return alive
 
 
@@ -150,3 +150,14 @@ def test_dev_refuses_a_busy_port_clearly(tmp_path):
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_kill_9_of_dev_leaves_no_orphans(tmp_path):
+    with open(tmp_path / "dev.log", "w") as log:
+        proc, _base, _key, _ = _start_dev(tmp_path / "data", free_port(), log)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert {c.name() for c in children} >= {"postgres", "temporal"}
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _gone, alive = psutil.wait_procs(children, timeout=20)
+    assert alive == [], f"orphans left behind: {alive}"
