@@ -9,7 +9,8 @@ from datetime import timedelta
 
 import openai
 import structlog
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities.model import ModelActivities
@@ -19,7 +20,7 @@ from core.config import Settings
 from store import approvals, catalog, idempotency, turns
 from store.db import Pool, create_pool
 from tools.registry import ToolRegistry, build_registry
-from workflows.client import signal_decision, start_turn, turn_input
+from workflows.client import signal_decision, start_turn, turn_handle, turn_input
 from workflows.turn import TurnWorkflow
 
 log = structlog.get_logger(__name__)
@@ -97,6 +98,35 @@ async def reconcile_queued_turns(
     return started
 
 
+async def end_orphaned_turns(client: Client, pool: Pool, *, older_than_seconds: float = 300.0) -> int:
+    """Fail turns still marked active whose workflow has ended (terminated by an operator,
+    timed out, or lost), so their conversations take messages again; how many."""
+    ended = 0
+    for turn_id in await turns.sample_active(pool, older_than_seconds=older_than_seconds):
+        try:
+            running = (
+                await turn_handle(client, turn_id).describe()
+            ).status == WorkflowExecutionStatus.RUNNING
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            running = False
+        if running:
+            continue
+        message = "the turn's workflow ended without finishing the turn"
+        finished = await turns.finish(
+            pool,
+            turn_id=turn_id,
+            status="failed",
+            terminal_event=("error", {"error": message, "code": "internal_error", "retryable": True}),
+            error={"code": "internal_error", "message": message, "retryable": True},
+        )
+        if finished:
+            log.warning("ended a turn whose workflow was gone", turn_id=turn_id)
+            ended += 1
+    return ended
+
+
 async def resignal_decisions(client: Client, pool: Pool, *, older_than_seconds: float = 10.0) -> int:
     """Tell workflows of decisions the API recorded but could not signal; how many were sent."""
     sent = 0
@@ -115,6 +145,7 @@ async def _reconcile_forever(client: Client, pool: Pool, settings: Settings) -> 
             await reconcile_queued_turns(client, pool, settings)
             await resignal_decisions(client, pool)
             await idempotency.forget_expired(pool)
+            await end_orphaned_turns(client, pool)
         except Exception:
             log.exception("reconciling queued turns failed")
         await asyncio.sleep(_RECONCILE_EVERY)

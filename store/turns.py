@@ -321,3 +321,14 @@ async def store_model_message(
             dedupe_key=f"message:{message_id}:{attempt}",
         )
         return stored
+
+
+async def sample_active(pool: Pool, *, older_than_seconds: float, limit: int = 50) -> list[str]:
+    """A random sample of turns active for a while (random, so every one is checked in time)."""
+    rows = await pool.fetch(
+        "SELECT id FROM turns WHERE status IN ('running', 'awaiting_approval')"
+        " AND created_at < now() - make_interval(secs => $1) ORDER BY random() LIMIT $2",
+        older_than_seconds,
+        limit,
+    )
+    return [r["id"] for r in rows]

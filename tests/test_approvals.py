@@ -6,6 +6,7 @@ import json
 
 from tests.conftest import marker
 from tests.helpers import create_conversation, read_sse, start_turn_json, wait_turn
+from worker import end_orphaned_turns
 
 
 def email_args(tag: str, **extra):
@@ -361,3 +362,17 @@ async def test_the_offline_demo_model_drafts_an_email_for_approval(user, mail):
     assert received.rcpt_tos == ["alice@example.test"]
     assert done["output"]["content"].startswith("Done: the email was accepted for alice@example.test")
     assert str(received.message["Message-ID"]) in done["output"]["content"]
+
+
+async def test_a_turn_whose_workflow_was_terminated_is_ended(user, model, temporal, pool):
+    tag = marker()
+    turn, approval = await park(user, model, tag, email_args(tag))
+    await temporal.get_workflow_handle(turn["id"]).terminate(reason="operator")
+    assert await end_orphaned_turns(temporal, pool, older_than_seconds=0) >= 1
+    done = (await user.client.get(f"/api/v1/turns/{turn['id']}")).json()
+    assert done["status"] == "failed" and done["error"]["code"] == "internal_error"
+    assert (await user.client.get(f"/api/v1/approvals/{approval['id']}")).json()["status"] == "cancelled"
+    conv = (await user.client.get(f"/api/v1/conversations/{turn['conversation_id']}")).json()
+    assert conv["active_turn_id"] is None
+    events = await events_of(user, turn["id"])
+    assert events[-1]["type"] == "error" and events[-2]["status"] == "failed"
