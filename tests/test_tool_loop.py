@@ -1,0 +1,91 @@
+"""The tool loop with tools that need no approval: calls of one step run in parallel, each
+result goes back to the model, and a tool that raises becomes an error result."""
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from core.contracts import WORKFLOW_NAME, TurnOutcome
+from store import conversations, events, turns
+from tests.conftest import marker
+from tools.base import ToolContext, ToolSpec
+from tools.registry import ToolRegistry
+from worker import build_worker
+from workflows.client import turn_input
+
+
+class SlowEcho:
+    """A read-only tool defined by the test: waits, then echoes its argument."""
+
+    spec = ToolSpec(
+        name="slow_echo",
+        description="Echo `text` after a pause.",
+        input_schema={
+            "type": "object",
+            "properties": {"text": {"type": "string"}, "fail": {"type": "boolean"}},
+            "required": ["text"],
+            "additionalProperties": False,
+        },
+    )
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.most_at_once = 0
+
+    def check(self, arguments: dict[str, Any]) -> None:
+        return None
+
+    async def run(self, arguments: dict[str, Any], context: ToolContext) -> Any:
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            await asyncio.sleep(1.0)
+            if arguments.get("fail"):
+                raise RuntimeError("the echo chamber collapsed")
+            return {"echo": arguments["text"], "call": context.tool_call_id}
+        finally:
+            self.running -= 1
+
+
+async def test_ungated_calls_run_in_parallel_and_feed_the_next_step(pool, temporal, settings, model, user):
+    tag = marker()
+    calls = [{"id": f"call_{i}", "name": "slow_echo", "arguments": {"text": f"t{i}"}} for i in range(3)]
+    calls.append({"id": "call_fail", "name": "slow_echo", "arguments": {"text": "x", "fail": True}})
+    model.script(tag, [{"kind": "tool_calls", "tool_calls": calls}, {"kind": "reply", "content": "echoed"}])
+    conv = await conversations.create(
+        pool, user_id=user.id, title=None, system_prompt=None, model=None, tools=None, metadata={}
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        started = await turns.start_turn(
+            conn, user_id=user.id, conversation_id=conv.id, content=f"echo {tag}"
+        )
+    assert started is not None
+    turn = started[1]
+    echo = SlowEcho()
+    local = settings.model_copy(update={"temporal_task_queue": f"loop-{uuid.uuid4().hex[:8]}"})
+    began = time.monotonic()
+    async with build_worker(temporal, pool, local, ToolRegistry([echo])):
+        outcome = await temporal.execute_workflow(
+            WORKFLOW_NAME,
+            turn_input(turn_id=turn.id, conversation_id=conv.id, user_id=user.id, settings=local),
+            id=turn.id,
+            task_queue=local.temporal_task_queue,
+            result_type=TurnOutcome,
+        )
+    assert outcome.status == "completed"
+    assert echo.most_at_once == 4, "the four calls of the step ran at the same time"
+    assert time.monotonic() - began < 3.5, "four 1 s calls in parallel, not 4 s in a row"
+    log = await events.read_after(pool, turn_id=turn.id, after=0)
+    results = {e["tool_call_id"]: e for e in log if e["type"] == "tool_result"}
+    assert {k: v["result"] for k, v in results.items() if v["status"] == "ok"} == {
+        f"call_{i}": {"echo": f"t{i}", "call": f"call_{i}"} for i in range(3)
+    }
+    assert results["call_fail"]["status"] == "error"
+    assert results["call_fail"]["error"]["code"] == "tool_failed"
+    assert "collapsed" in results["call_fail"]["error"]["message"]
+    offered = model.requests(tag)[0].body["tools"]
+    assert [t["function"]["name"] for t in offered] == ["slow_echo"]
+    told = [m for m in model.requests(tag)[-1].body["messages"] if m["role"] == "tool"]
+    assert sorted(m["tool_call_id"] for m in told) == ["call_0", "call_1", "call_2", "call_fail"]
+    assert log[-1]["type"] == "complete" and log[-1]["content"] == "echoed"
