@@ -139,9 +139,10 @@ async def resignal_decisions(client: Client, pool: Pool, *, older_than_seconds: 
     return sent
 
 
-async def _reconcile_forever(client: Client, pool: Pool, settings: Settings) -> None:
+async def _reconcile_forever(client: Client, pool: Pool, settings: Settings, registry: ToolRegistry) -> None:
     while True:
         try:
+            await publish_tools(pool, registry)  # keeps this worker's catalog entries fresh
             await reconcile_queued_turns(client, pool, settings)
             await resignal_decisions(client, pool)
             await idempotency.forget_expired(pool)
@@ -162,7 +163,7 @@ async def run_worker(settings: Settings) -> None:
     registry = build_registry(settings, pool)
     await publish_tools(pool, registry)
     worker = build_worker(client, pool, settings, registry)
-    reconciler = asyncio.create_task(_reconcile_forever(client, pool, settings))
+    reconciler = asyncio.create_task(_reconcile_forever(client, pool, settings, registry))
     log.info("worker started", task_queue=settings.temporal_task_queue)
     try:
         async with worker:

@@ -36,9 +36,15 @@ async def publish(pool: Pool, *, tools: list[CatalogTool]) -> None:
             )
 
 
+# Workers republish their tools every few seconds; an entry none has refreshed for this
+# long belongs to no running worker, so it is shown unhealthy.
+FRESH_FOR = "60 seconds"
+
+
 async def list_tools(pool: Pool) -> list[CatalogTool]:
     rows = await pool.fetch(
-        "SELECT name, description, input_schema, requires_confirmation, source, healthy"
+        "SELECT name, description, input_schema, requires_confirmation, source,"
+        f" healthy AND updated_at > now() - interval '{FRESH_FOR}' AS healthy"
         " FROM tool_catalog ORDER BY name"
     )
     return [CatalogTool(**dict(r)) for r in rows]

@@ -113,9 +113,17 @@ async def temporal(settings: Settings) -> Client:
 @pytest.fixture(scope="session")
 async def worker(temporal: Client, pool: Pool, settings: Settings) -> AsyncIterator[None]:
     registry = build_registry(settings, pool)
-    await publish_tools(pool, registry)
+
+    async def keep_publishing() -> None:
+        while True:  # as `assistant worker` does, so the catalog stays fresh all session
+            await publish_tools(pool, registry)
+            await asyncio.sleep(10)
+
+    publisher = asyncio.create_task(keep_publishing())
+    await asyncio.sleep(0)
     async with build_worker(temporal, pool, settings, registry):
         yield
+    publisher.cancel()
 
 
 async def _serve(app: Any, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:

@@ -56,6 +56,19 @@ async def test_tool_catalog_lists_send_email(user):
     assert conv.status_code == 201 and conv.json()["tools"] == ["send_email"]
 
 
+async def test_a_tool_no_worker_refreshes_is_shown_unhealthy(user, pool):
+    await pool.execute(
+        "INSERT INTO tool_catalog (name, description, input_schema, requires_confirmation, source,"
+        " updated_at)"
+        " VALUES ('ghost_tool', 'gone', $1, false, 'builtin', now() - interval '5 minutes')"
+        " ON CONFLICT (name) DO UPDATE SET updated_at = EXCLUDED.updated_at",
+        {"type": "object"},
+    )
+    tools = {t["name"]: t for t in (await user.client.get("/api/v1/tools")).json()["data"]}
+    assert tools["ghost_tool"]["healthy"] is False
+    assert tools["send_email"]["healthy"] is True
+
+
 async def test_approve_sends_exactly_one_message(user, model, mail):
     tag = marker()
     turn, approval = await park(user, model, tag, email_args(tag, cc=["carol@example.test"]))
