@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # Debian packages the tests use (checked by command), installed with apt-get when missing.
 DEBIAN_TEST_PACKAGES := docker-compose:docker-compose
 
-.PHONY: dev test lint bench clean debian-deps
+.PHONY: dev test lint bench bench-approvals clean debian-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/turn_latency.py
+	$(BIN)/python bench/approvals.py
+
+bench-approvals: $(STAMP)
+	$(BIN)/python bench/approvals.py
 
 clean:
 	rm -rf $(VENV) .assistant .mypy_cache .ruff_cache

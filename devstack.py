@@ -245,6 +245,10 @@ class EmbeddedTemporal:
             str(free_port()),
             "--log-level",
             "warn",
+            # The dev server has one history shard, polled 20 times/s by default: under a
+            # burst every workflow task waited 25-37 ms for it (docs/PERFORMANCE.md).
+            "--dynamic-config-value",
+            "history.transferProcessorMaxPollRPS=1000",
         ]
         if self.persistent:
             args += ["--db-filename", str(self.data_dir / "temporal.db")]

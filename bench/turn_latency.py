@@ -107,8 +107,10 @@ def median(values: Sequence[float]) -> float:
 class Stack:
     """PostgreSQL, Temporal, the fake model, a worker and an API, all children of this process."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, temporal_on_disk: bool = False) -> None:
         self.dir = data_dir
+        # On disk (SQLite) is what `assistant dev` runs; in memory is the SDK tests' server.
+        self.temporal_on_disk = temporal_on_disk
         self._stops: list[tuple[str, Callable[[], None]]] = []
         self.model_url = ""
         self.api_url = ""
@@ -121,7 +123,7 @@ class Stack:
         self._stops.append(("postgres", pg.stop))
         self.logs.append(pg.log)
         dsn = pg.start()
-        temporal = EmbeddedTemporal(self.dir, persistent=False)
+        temporal = EmbeddedTemporal(self.dir, persistent=self.temporal_on_disk)
         self._stops.append(("temporal", temporal.stop))
         self.logs.append(temporal.log)
         self.temporal_address = temporal.start()
@@ -510,11 +512,13 @@ def _batch_interval() -> str:
     return f"{millis:g} ms" + ("" if "TOKEN_BATCH_INTERVAL" in os.environ else " (default)")
 
 
-def report(r: Results, rows: list[Row], steps: list[tuple[str, float, float]], elapsed: float) -> str:
+def report(
+    r: Results, rows: list[Row], steps: list[tuple[str, float, float]], elapsed: float, temporal: str = ""
+) -> str:
     n = len(r.assistant)
     lines = [
         f"Turn latency: {n} turns (+ warm-up), reply of {len(r.tokens)} tokens at {r.delay_ms:g} ms each",
-        f"Token batch interval: {_batch_interval()}",
+        f"Token batch interval: {_batch_interval()}; Temporal dev server {temporal}".rstrip("; "),
         f"Machine: {machine()}; run took {elapsed:.0f} s",
         "",
         f"{'metric':<54} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}",
@@ -573,13 +577,18 @@ def main(argv: list[str] | None = None) -> int:
         "--settle-ms", type=float, default=200.0, help="idle time before each run (default 200)"
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--temporal-in-memory",
+        action="store_true",
+        help="run Temporal in memory instead of on disk (SQLite, as `assistant dev` does)",
+    )
     args = parser.parse_args(argv)
     if args.turns < 1 or args.warmup < 0 or args.tokens < 1 or min(args.delay_ms, args.settle_ms) < 0:
         parser.error("--turns and --tokens must be >= 1; --warmup, --delay-ms and --settle-ms >= 0")
 
     began = time.monotonic()
     data_dir = Path(tempfile.mkdtemp(prefix="bench-turn-latency-"))
-    stack = Stack(data_dir)
+    stack = Stack(data_dir, temporal_on_disk=not args.temporal_in_memory)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         print(f"bench: starting the stack in {data_dir}", file=sys.stderr, flush=True)
@@ -613,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = analyse(results)
     steps = breakdown(results.assistant)
-    print(report(results, rows, steps, time.monotonic() - began))
+    mode = "in memory" if args.temporal_in_memory else "on disk (SQLite, as assistant dev)"
+    print(report(results, rows, steps, time.monotonic() - began, temporal=mode))
     if args.json:
         summary = {
             "turns": len(results.assistant),

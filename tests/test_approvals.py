@@ -389,3 +389,12 @@ async def test_a_turn_whose_workflow_was_terminated_is_ended(user, model, tempor
     assert conv["active_turn_id"] is None
     events = await events_of(user, turn["id"])
     assert events[-1]["type"] == "error" and events[-2]["status"] == "failed"
+
+
+async def test_wait_after_the_last_decision_waits_for_the_outcome(user, model, mail):
+    tag = marker()
+    turn, approval = await park(user, model, tag, email_args(tag))
+    await user.client.post(f"/api/v1/approvals/{approval['id']}", json={"decision": "approve"})
+    # One call: it must not answer "awaiting_approval" with nothing pending left to decide.
+    after = (await user.client.get(f"/api/v1/turns/{turn['id']}", params={"wait": 20})).json()
+    assert after["status"] == "completed", after

@@ -11,7 +11,7 @@ from api.problems import Problem
 from api.schemas import TurnPublic, list_of
 from api.streams import event_stream_response, wait_for_change
 from api.views import turn_public
-from store import conversations, events, turns
+from store import approvals, conversations, events, turns
 from store.events import TERMINAL_STATUSES
 from workflows.client import turn_handle
 
@@ -20,6 +20,15 @@ log = structlog.get_logger(__name__)
 router = APIRouter(tags=["turns"])
 
 _SETTLED = (*TERMINAL_STATUSES, "awaiting_approval")
+
+
+async def _settled(pool: Any, turn: turns.Turn) -> bool:
+    """Finished, or waiting for a person. Between the last decision and the workflow's
+    return to `running` the turn still says `awaiting_approval` with nothing pending: that
+    is not a wait for a person, so `?wait` keeps waiting instead of answering at once."""
+    if turn.status != "awaiting_approval":
+        return turn.status in _SETTLED
+    return bool(await approvals.pending_for_turn(pool, turn_id=turn.id))
 
 
 async def _turn_or_404(pool: Any, user_id: str, turn_id: str) -> turns.Turn:
@@ -46,12 +55,12 @@ async def get_turn(
     wait: Annotated[float, Query(ge=0, le=60)] = 0,
 ) -> Any:
     turn = await _turn_or_404(pool, caller.id, turn_id)
-    if wait > 0 and turn.status not in _SETTLED:
+    if wait > 0 and not await _settled(pool, turn):
 
         async def still_running() -> bool:
             nonlocal turn
             turn = await _turn_or_404(pool, caller.id, turn_id)
-            return turn.status not in _SETTLED
+            return not await _settled(pool, turn)
 
         await wait_for_change(hub, turn_id=turn_id, still_waiting=still_running, seconds=wait)
     return await turn_public(pool, turn)
