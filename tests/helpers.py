@@ -66,3 +66,19 @@ def text_of(events: list[dict[str, Any]]) -> str:
             assert event["index"] == len(text), (event, len(text))
             text += event["content"]
     return text
+
+
+async def wait_until_serving(url: str, proc: Any) -> None:
+    """Wait for an `assistant api` child process to answer /healthz (it must not exit first)."""
+    import asyncio
+
+    async with httpx.AsyncClient() as client:
+        for _ in range(300):
+            assert proc.poll() is None, "the API process exited early"
+            try:
+                if (await client.get(f"{url}/healthz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} did not start")

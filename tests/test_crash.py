@@ -4,7 +4,6 @@ These run real `assistant worker` / `assistant api` child processes on a task qu
 their own, so killing them touches nothing else of the suite.
 """
 
-import asyncio
 import os
 import signal
 import uuid
@@ -14,22 +13,9 @@ import pytest
 
 from devstack import free_port
 from tests.conftest import assistant_process, marker, subprocess_env
-from tests.helpers import create_conversation, read_sse, text_of
+from tests.helpers import create_conversation, read_sse, text_of, wait_until_serving
 
 pytestmark = pytest.mark.slow
-
-
-async def _wait_ready(url: str, proc) -> None:
-    async with httpx.AsyncClient() as client:
-        for _ in range(300):
-            assert proc.poll() is None, "process exited early"
-            try:
-                if (await client.get(f"{url}/healthz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{url} did not start")
 
 
 @pytest.fixture
@@ -53,7 +39,7 @@ async def test_worker_killed_mid_stream_turn_completes(crash_env, user, model):
         assistant_process(["api", "--port", str(port)], env, logs / "api.log") as api,
         assistant_process(["worker"], env, logs / "worker1.log") as worker1,
     ):
-        await _wait_ready(url, api)
+        await wait_until_serving(url, api)
         async with _client(url, user) as client:
             conv = await create_conversation(client)
             path = f"/api/v1/conversations/{conv['id']}/messages"
@@ -97,8 +83,8 @@ async def test_api_killed_mid_stream_client_resumes_elsewhere(crash_env, user, m
         assistant_process(["api", "--port", str(port2)], env, logs / "api2.log") as api2,
         assistant_process(["worker"], env, logs / "worker.log"),
     ):
-        await _wait_ready(f"http://127.0.0.1:{port1}", api1)
-        await _wait_ready(f"http://127.0.0.1:{port2}", api2)
+        await wait_until_serving(f"http://127.0.0.1:{port1}", api1)
+        await wait_until_serving(f"http://127.0.0.1:{port2}", api2)
         async with (
             _client(f"http://127.0.0.1:{port1}", user) as first,
             _client(f"http://127.0.0.1:{port2}", user) as second,

@@ -9,7 +9,14 @@ import httpx
 from devstack import free_port
 from store import turns
 from tests.conftest import assistant_process, marker, subprocess_env
-from tests.helpers import create_conversation, read_sse, start_turn_json, text_of, wait_turn
+from tests.helpers import (
+    create_conversation,
+    read_sse,
+    start_turn_json,
+    text_of,
+    wait_turn,
+    wait_until_serving,
+)
 from worker import reconcile_queued_turns
 
 
@@ -95,13 +102,7 @@ async def test_temporal_unreachable_is_a_503_and_nothing_is_half_done(settings, 
         async with httpx.AsyncClient(
             base_url=base, headers={"Authorization": f"Bearer {user.key}"}
         ) as client:
-            for _ in range(300):
-                assert api.poll() is None
-                try:
-                    await client.get("/healthz")
-                    break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
+            await wait_until_serving(base, api)
             ready = await client.get("/readyz")
             assert ready.status_code == 503 and ready.json()["checks"]["temporal"]["status"] == "failed"
             assert ready.headers["retry-after"]

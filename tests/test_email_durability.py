@@ -27,7 +27,7 @@ from httpx_sse import aconnect_sse
 
 from devstack import EmbeddedTemporal, free_port
 from tests.conftest import assistant_process, marker, subprocess_env
-from tests.helpers import create_conversation, read_sse, start_turn_json, wait_turn
+from tests.helpers import create_conversation, read_sse, start_turn_json, wait_turn, wait_until_serving
 from tests.mailserver import MailServer, Received
 
 pytestmark = pytest.mark.slow
@@ -96,17 +96,6 @@ def one_message(box: MailServer, tag: str) -> Received:
     received = box.messages(tag)
     assert len(received) == 1, f"{len(received)} messages for {tag}"
     return received[0]
-
-
-async def wait_http(url: str, proc: subprocess.Popen[bytes]) -> None:
-    async with httpx.AsyncClient() as client:
-        for _ in range(300):
-            assert proc.poll() is None, "the API process exited early"
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get(f"{url}/healthz")).status_code == 200:
-                    return
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{url} did not start")
 
 
 def logged(log: Path, text: str) -> bool:
@@ -207,7 +196,7 @@ async def test_worker_killed_around_acceptance_ten_times_sends_ten_messages(
     with rig_parts(settings, tmp_path) as (rig, api):
         rig.box.start()
         killer = Killer(rig.box)
-        await wait_http(rig.url, api)
+        await wait_until_serving(rig.url, api)
         worker = await rig.start_worker()
         async with rig.client(user) as client:
             tags = [marker() for _ in range(turns)]
@@ -253,7 +242,7 @@ async def test_worker_killed_around_acceptance_ten_times_sends_ten_messages(
 
 async def test_smtp_down_then_up_sends_one_message(settings, user, model, tmp_path):
     with rig_parts(settings, tmp_path) as (rig, api):
-        await wait_http(rig.url, api)
+        await wait_until_serving(rig.url, api)
         await rig.start_worker()
         async with rig.client(user) as client:
             tag = marker()
@@ -287,7 +276,7 @@ async def test_parked_turn_survives_worker_and_temporal_restart(settings, user, 
     try:
         with rig_parts(settings, tmp_path, TEMPORAL_ADDRESS=address) as (rig, api):
             rig.box.start()
-            await wait_http(rig.url, api)
+            await wait_until_serving(rig.url, api)
             worker = await rig.start_worker()
             async with rig.client(user) as client:
                 tag = marker()

@@ -1,13 +1,11 @@
 """Service-level behaviour: health, OpenAPI, keep-alive pings, and turns left queued."""
 
-import asyncio
-
 import httpx
 
 from devstack import free_port
 from store import turns
 from tests.conftest import assistant_process, marker, subprocess_env
-from tests.helpers import create_conversation, wait_turn
+from tests.helpers import create_conversation, wait_turn, wait_until_serving
 from worker import reconcile_queued_turns
 
 
@@ -51,13 +49,7 @@ async def test_idle_stream_gets_ping_comments(settings, user, model, tmp_path):
         async with httpx.AsyncClient(
             base_url=base, headers={"Authorization": f"Bearer {user.key}"}
         ) as client:
-            for _ in range(200):
-                assert api.poll() is None
-                try:
-                    await client.get("/healthz")
-                    break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
+            await wait_until_serving(base, api)
             conv = await create_conversation(client)
             lines: list[str] = []
             async with client.stream(
