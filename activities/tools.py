@@ -17,7 +17,7 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.heartbeat import heartbeating
+from activities.heartbeat import heartbeating, turn_closed_is_final
 from core import contracts as c
 from core.ids import tool_message_id
 from store import approvals, conversations, events, messages
@@ -40,6 +40,10 @@ class ToolActivities:
 
     @activity.defn(name=c.PREPARE_TOOL_CALLS)
     async def prepare(self, step: c.ToolStepInput) -> c.ToolPlan:
+        with turn_closed_is_final():
+            return await self._prepare(step)
+
+    async def _prepare(self, step: c.ToolStepInput) -> c.ToolPlan:
         """Announce each call, answer the ones that cannot run, open approvals for gated ones."""
         message = await messages.get(self._pool, message_id=step.message_id)
         conversation = await conversations.get_by_id(self._pool, conversation_id=step.conversation_id)
@@ -134,6 +138,10 @@ class ToolActivities:
 
     @activity.defn(name=c.RUN_TOOL)
     async def run(self, call: c.RunToolInput) -> c.ToolRunResult:
+        with turn_closed_is_final():
+            return await self._run(call)
+
+    async def _run(self, call: c.RunToolInput) -> c.ToolRunResult:
         done = await messages.get(
             self._pool, message_id=tool_message_id(call.turn_id, call.message_id, call.tool_call_id)
         )
@@ -185,8 +193,15 @@ class ToolActivities:
     async def _arguments(self, call: c.RunToolInput) -> dict[str, Any]:
         if call.approval_id is not None:
             approval = await approvals.get_by_id(self._pool, approval_id=call.approval_id)
-            if approval is None:
-                raise ApplicationError("the approval is gone", type="internal_error", non_retryable=True)
+            # The database's decision, not the signal's word, allows a gated call to run.
+            if (
+                approval is None
+                or approval.status != "approved"
+                or approval.tool_call_id != call.tool_call_id
+            ):
+                raise ApplicationError(
+                    "the call has no approval to run on", type="approval_missing", non_retryable=True
+                )
             return approval.arguments
         message = await messages.get(self._pool, message_id=call.message_id)
         raw = (
@@ -205,6 +220,10 @@ class ToolActivities:
 
     @activity.defn(name=c.RECORD_TOOL_RESULT)
     async def record(self, outcome: c.RecordToolResultInput) -> None:
+        with turn_closed_is_final():
+            return await self._record(outcome)
+
+    async def _record(self, outcome: c.RecordToolResultInput) -> None:
         if outcome.status == "rejected":
             approval = await approvals.get_by_id(self._pool, approval_id=outcome.approval_id or "")
             reason = _rejection_reason(approval)
@@ -218,6 +237,7 @@ class ToolActivities:
     @activity.defn(name=c.EXPIRE_APPROVAL)
     async def expire(self, expiry: c.ExpireApprovalInput) -> c.ApprovalState:
         async with self._pool.acquire() as conn, conn.transaction():
+            await approvals.lock_turn_of(conn, approval_id=expiry.approval_id)  # turn first, always
             approval = await approvals.close_unless_decided(
                 conn, approval_id=expiry.approval_id, status="expired", reason="approval expired"
             )
@@ -272,12 +292,22 @@ async def _store_result(
 ) -> None:
     """The tool message for the model and its `tool_result` event, in one transaction."""
     payload: dict[str, Any] = {"tool_call_id": call.tool_call_id, "tool_id": call.tool, "status": status}
+    if error is None:
+        try:  # NaN/Infinity cannot be stored (jsonb) and are not JSON: the tool's fault
+            content = json.dumps(result, ensure_ascii=False, default=str, allow_nan=False).replace(
+                "\\u0000", ""
+            )
+            result = json.loads(content)
+        except ValueError:
+            error, status = (
+                ToolFailed("tool_failed", f"{call.tool} returned a result that is not JSON"),
+                "error",
+            )
     if error is not None:
         payload["error"] = error.as_result()
         content = json.dumps({"error": error.as_result()}, ensure_ascii=False, default=str)
     else:
         payload["result"] = result
-        content = json.dumps(result, ensure_ascii=False, default=str)
     if len(content) > MAX_RESULT_CHARS:
         content = content[:MAX_RESULT_CHARS] + " …[truncated]"
     async with pool.acquire() as conn, conn.transaction():

@@ -4,6 +4,7 @@ from typing import Any
 
 from temporalio import activity
 
+from activities.heartbeat import turn_closed_is_final
 from core import contracts as c
 from core.errors import is_retryable_code
 from store import messages, turns
@@ -18,9 +19,10 @@ class TurnActivities:
 
     @activity.defn(name=c.SET_TURN_STATUS)
     async def set_status(self, change: c.TurnStatusInput) -> None:
-        await turns.set_status(
-            self._pool, turn_id=change.turn_id, status=change.status, dedupe_key=change.dedupe_key
-        )
+        with turn_closed_is_final():
+            await turns.set_status(
+                self._pool, turn_id=change.turn_id, status=change.status, dedupe_key=change.dedupe_key
+            )
 
     @activity.defn(name=c.FINISH_TURN)
     async def finish(self, end: c.FinishTurnInput) -> None:

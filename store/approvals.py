@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from core.errors import NotFound
 from core.ids import new_id
 from store import events
 from store.db import Connection, Executor, Pool
@@ -135,13 +136,29 @@ async def decide(
     repeated is 'unchanged', and any other gets `approval_already_decided`. Every attempt
     is written to the audit trail.
     """
+    turn = await lock_turn_of(conn, approval_id=approval_id)
     row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM approvals WHERE id = $1 FOR UPDATE", approval_id)
-    assert row is not None
+    if row is None or turn is None:  # deleted with its conversation meanwhile
+        raise NotFound(f"no approval {approval_id}")
     current = Approval(**dict(row))
     outcome = _refusal(current, decision, arguments)
+    if outcome is None and (
+        turn["cancel_requested_at"] is not None or turn["status"] in events.TERMINAL_STATUSES
+    ):
+        current = await close_unless_decided(
+            conn, approval_id=approval_id, status="cancelled", reason="the turn was cancelled"
+        )
+        outcome = "approval_cancelled"
     if outcome is None:
         expired = await conn.fetchval("SELECT $1::timestamptz <= now()", current.expires_at)
-        outcome = "approval_expired" if expired else "applied"
+        if expired:
+            # Say so in the row at once, not only when the workflow's timer fires.
+            current = await close_unless_decided(
+                conn, approval_id=approval_id, status="expired", reason="approval expired"
+            )
+            outcome = "approval_expired"
+        else:
+            outcome = "applied"
     if outcome == "applied":
         row = await conn.fetchrow(
             "UPDATE approvals SET status = $2, decided_at = now(), decided_by = $3, reason = $4,"
@@ -168,6 +185,16 @@ async def decide(
         outcome,
     )
     return outcome, current
+
+
+async def lock_turn_of(conn: Connection, *, approval_id: str) -> Any:
+    """Lock the approval's turn row first: every writer takes turn, then approval, so a
+    decision racing a cancel or a finish queues instead of deadlocking."""
+    return await conn.fetchrow(
+        "SELECT t.status, t.cancel_requested_at FROM turns t JOIN approvals a ON a.turn_id = t.id"
+        " WHERE a.id = $1 FOR UPDATE OF t",
+        approval_id,
+    )
 
 
 def _refusal(current: Approval, decision: str, arguments: dict[str, Any] | None) -> str | None:

@@ -332,3 +332,27 @@ async def sample_active(pool: Pool, *, older_than_seconds: float, limit: int = 5
         limit,
     )
     return [r["id"] for r in rows]
+
+
+async def request_cancel(pool: Pool, *, user_id: str, turn_id: str) -> bool:
+    """Record a cancel request and cancel the turn's pending approvals, in one transaction;
+    False if the turn is not the user's or has already ended. The workflow ends the turn."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT status FROM turns WHERE id = $1 AND user_id = $2 FOR UPDATE", turn_id, user_id
+        )
+        if row is None or row["status"] in events.TERMINAL_STATUSES:
+            return False
+        await conn.execute(
+            "UPDATE turns SET cancel_requested_at = coalesce(cancel_requested_at, now()) WHERE id = $1",
+            turn_id,
+        )
+        pending = await conn.fetch(
+            "SELECT id FROM approvals WHERE turn_id = $1 AND status = 'pending' ORDER BY created_at, id",
+            turn_id,
+        )
+        for approval in pending:
+            await approvals.close_unless_decided(
+                conn, approval_id=approval["id"], status="cancelled", reason="the turn was cancelled"
+            )
+        return True

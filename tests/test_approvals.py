@@ -203,7 +203,11 @@ async def test_other_users_approval_is_not_found(user, make_user, model):
 async def test_cancel_while_waiting_cancels_the_approval(user, model, mail):
     tag = marker()
     turn, approval = await park(user, model, tag, email_args(tag))
-    assert (await user.client.post(f"/api/v1/turns/{turn['id']}/cancel")).status_code == 202
+    cancelled = await user.client.post(f"/api/v1/turns/{turn['id']}/cancel")
+    assert cancelled.status_code == 202
+    # At once, not when the workflow gets round to it: no decision can slip in between.
+    assert cancelled.json()["pending_approvals"] == []
+    assert (await user.client.get(f"/api/v1/approvals/{approval['id']}")).json()["status"] == "cancelled"
     done = await wait_turn(user.client, turn["id"])
     assert done["status"] == "cancelled" and done["pending_approvals"] == []
     state = (await user.client.get(f"/api/v1/approvals/{approval['id']}")).json()
@@ -232,6 +236,11 @@ async def test_invalid_arguments_and_unknown_tools_go_back_to_the_model(user, mo
                         "arguments": email_args(tag, subject=f"Hi {tag}\r\nBcc: eve@example.test"),
                     },
                     {"id": "call_json", "name": "send_email", "arguments": "{not json"},
+                    {
+                        "id": "call_nul",
+                        "name": "send_email",
+                        "arguments": email_args(tag, subject="a\u0000b"),
+                    },
                     {"id": "call_nope", "name": "launch_rockets", "arguments": {}},
                 ],
             },
@@ -252,6 +261,7 @@ async def test_invalid_arguments_and_unknown_tools_go_back_to_the_model(user, mo
     assert any("to" in m for m in results["call_bad"]["error"]["errors"])
     assert results["call_crlf"]["error"]["code"] == "invalid_arguments"
     assert results["call_json"]["error"]["code"] == "invalid_arguments"
+    assert results["call_nul"]["error"]["code"] == "invalid_arguments"
     assert results["call_nope"]["error"]["code"] == "unknown_tool"
     tool_messages = [m for m in model.requests(tag)[-1].body["messages"] if m["role"] == "tool"]
     assert {m["tool_call_id"] for m in tool_messages} == set(results)
@@ -398,3 +408,22 @@ async def test_wait_after_the_last_decision_waits_for_the_outcome(user, model, m
     # One call: it must not answer "awaiting_approval" with nothing pending left to decide.
     after = (await user.client.get(f"/api/v1/turns/{turn['id']}", params={"wait": 20})).json()
     assert after["status"] == "completed", after
+
+
+async def test_a_decision_past_expiry_is_refused_and_the_row_says_expired(user, model, pool, mail):
+    tag = marker()
+    turn, approval = await park(user, model, tag, email_args(tag))
+    await pool.execute(
+        "UPDATE approvals SET expires_at = now() - interval '1 second' WHERE id = $1", approval["id"]
+    )
+    late = await user.client.post(f"/api/v1/approvals/{approval['id']}", json={"decision": "approve"})
+    assert late.status_code == 409 and late.json()["code"] == "approval_expired"
+    assert (await user.client.get(f"/api/v1/approvals/{approval['id']}")).json()["status"] == "expired"
+    pending = (await user.client.get("/api/v1/approvals", params={"status": "pending"})).json()["data"]
+    assert approval["id"] not in [a["id"] for a in pending]
+    # The workflow hears of it at once (not when its own 24 h timer fires) and tells the model.
+    done = await wait_turn(user.client, turn["id"], within=20)
+    assert done["status"] == "completed"
+    result = next(e for e in await events_of(user, turn["id"]) if e["type"] == "tool_result")
+    assert result["result"] == {"status": "rejected", "reason": "approval expired"}
+    assert mail.messages(tag) == []

@@ -5,6 +5,7 @@ result and the turn goes on; `ToolTemporarilyFailed` asks Temporal to retry the 
 """
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -105,4 +106,22 @@ def parse_arguments(raw: str | dict[str, Any]) -> dict[str, Any]:
         raise InvalidArguments(f"arguments are not valid JSON: {err}") from err
     if not isinstance(parsed, dict):
         raise InvalidArguments("arguments must be a JSON object")
+    _check_storable(parsed)
     return parsed
+
+
+def _check_storable(value: Any) -> None:
+    """PostgreSQL's jsonb holds no NUL character and no NaN/Infinity; refuse them here, as
+    the model's mistake, rather than fail every write of the turn after."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str) and "\x00" in item:
+            raise InvalidArguments("arguments must not contain the NUL character (U+0000)")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise InvalidArguments("arguments must not contain NaN or Infinity")
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)

@@ -9,7 +9,13 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.config import Settings
-from core.contracts import APPROVAL_DECIDED_SIGNAL, WORKFLOW_NAME, ApprovalDecided, TurnInput
+from core.contracts import (
+    APPROVAL_DECIDED_SIGNAL,
+    CANCEL_REQUESTED_SIGNAL,
+    WORKFLOW_NAME,
+    ApprovalDecided,
+    TurnInput,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -62,3 +68,11 @@ async def signal_decision(client: Client, *, turn_id: str, approval_id: str, dec
         log.warning("signalling a decision failed", approval_id=approval_id, error=str(err))
         return False
     return True
+
+
+async def cancel_turn_workflow(client: Client, turn_id: str) -> None:
+    """Cancel the turn's workflow. The signal first: a cancellation that reaches the workflow
+    while an activity is finishing can be absorbed by the SDK; the flag it sets cannot."""
+    handle = turn_handle(client, turn_id)
+    await handle.signal(CANCEL_REQUESTED_SIGNAL)
+    await handle.cancel()

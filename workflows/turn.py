@@ -24,6 +24,16 @@ with workflow.unsafe.imports_passed_through():
 class TurnWorkflow:
     def __init__(self) -> None:
         self._decisions: dict[str, str] = {}
+        self._cancel_requested = False
+
+    @workflow.signal(name=c.CANCEL_REQUESTED_SIGNAL)
+    def cancel_requested(self) -> None:
+        self._cancel_requested = True
+
+    def _stop_if_cancelled(self) -> None:
+        """Honour a cancel that the SDK absorbed (it arrived as an activity was finishing)."""
+        if self._cancel_requested:
+            raise asyncio.CancelledError
 
     @workflow.signal(name=c.APPROVAL_DECIDED_SIGNAL)
     def approval_decided(self, decided: c.ApprovalDecided) -> None:
@@ -52,9 +62,11 @@ class TurnWorkflow:
                 result_type=c.ModelStepResult,
                 **policies.MODEL_CALL,
             )
+            self._stop_if_cancelled()
             if not result.tool_calls:
                 return await self._finish(turn, "completed", message_id=result.message_id)
             await self._use_tools(turn, step, result.message_id)
+            self._stop_if_cancelled()
         return await self._finish(
             turn,
             "failed",

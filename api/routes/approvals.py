@@ -82,6 +82,9 @@ async def decide(
             arguments=body.arguments,
             reason=body.reason,
         )
+    if outcome == "approval_expired" and approval.status == "expired":
+        # Expired just now, by this request: the workflow need not wait for its own timer.
+        await signal_decision(temporal, turn_id=approval.turn_id, approval_id=approval.id, decision="expired")
     if outcome in _REFUSALS:
         raise Problem(409, outcome, _REFUSALS[outcome], status_now=approval.status)
     if outcome == "applied":

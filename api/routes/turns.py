@@ -13,7 +13,7 @@ from api.streams import event_stream_response, wait_for_change
 from api.views import turn_public
 from store import approvals, conversations, events, turns
 from store.events import TERMINAL_STATUSES
-from workflows.client import turn_handle
+from workflows.client import cancel_turn_workflow
 
 log = structlog.get_logger(__name__)
 
@@ -117,9 +117,9 @@ async def turn_events(
 @router.post("/turns/{turn_id}/cancel", status_code=202, response_model=TurnPublic)
 async def cancel_turn(turn_id: str, caller: CurrentUser, pool: StoreDep, temporal: TemporalDep) -> Any:
     turn = await _turn_or_404(pool, caller.id, turn_id)
-    if turn.status not in TERMINAL_STATUSES:
+    if await turns.request_cancel(pool, user_id=caller.id, turn_id=turn_id):
         try:
-            await turn_handle(temporal, turn_id).cancel()
+            await cancel_turn_workflow(temporal, turn_id)
         except RPCError as err:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise
