@@ -25,6 +25,7 @@ class TurnWorkflow:
     def __init__(self) -> None:
         self._decisions: dict[str, str] = {}
         self._cancel_requested = False
+        self._undecided = 0  # gated calls of the current step still waiting for a person
 
     @workflow.signal(name=c.CANCEL_REQUESTED_SIGNAL)
     def cancel_requested(self) -> None:
@@ -92,21 +93,26 @@ class TurnWorkflow:
         gated = [call for call in plan.calls if call.action == "approve"]
         if gated:
             await self._set_status(turn, "awaiting_approval", f"status:awaiting_approval:{step}")
+        self._undecided = len(gated)
         wait = timedelta(seconds=turn.approval_timeout_seconds)
-        _, decisions = await asyncio.gather(
-            asyncio.gather(*(self._run_tool(turn, message_id, call) for call in ungated)),
-            asyncio.gather(*(self._decision(call, wait) for call in gated)),
-        )
-        if gated:
-            await self._set_status(turn, "running", f"status:running:{step + 1}")
+        # Each gated call goes its own way once decided: an approved email does not wait
+        # for a sibling approval that nobody has answered yet.
         await asyncio.gather(
-            *(
-                self._run_tool(turn, message_id, call)
-                if decision == "approved"
-                else self._record(turn, message_id, call, "rejected")
-                for call, decision in zip(gated, decisions, strict=True)
-            )
+            *(self._run_tool(turn, message_id, call) for call in ungated),
+            *(self._gated(turn, step, message_id, call, wait) for call in gated),
         )
+
+    async def _gated(
+        self, turn: c.TurnInput, step: int, message_id: str, call: c.PlannedCall, wait: timedelta
+    ) -> None:
+        decision = await self._decision(call, wait)
+        self._undecided -= 1
+        if self._undecided == 0:  # nothing left for a person: the turn runs again
+            await self._set_status(turn, "running", f"status:running:{step + 1}")
+        if decision == "approved":
+            await self._run_tool(turn, message_id, call)
+        else:
+            await self._record(turn, message_id, call, "rejected")
 
     async def _decision(self, call: c.PlannedCall, wait: timedelta) -> str:
         approval_id = call.approval_id or ""
