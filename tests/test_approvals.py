@@ -119,6 +119,15 @@ async def test_approve_with_edited_arguments_sends_the_edit(user, model, mail):
         f"/api/v1/approvals/{approval['id']}", json={"decision": "approve", "arguments": {"subject": 3}}
     )
     assert bad.status_code == 422 and bad.json()["code"] == "validation_failed"
+    for hostile in (
+        email_args(tag, subject=f"Hi {tag}\r\nBcc: eve@example.test"),
+        email_args(tag, to="not-an-address"),
+    ):
+        refused = await user.client.post(
+            f"/api/v1/approvals/{approval['id']}", json={"decision": "approve", "arguments": hostile}
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["errors"][0]["field"].startswith("arguments.")
     ok = await user.client.post(
         f"/api/v1/approvals/{approval['id']}", json={"decision": "approve", "arguments": edited}
     )

@@ -86,7 +86,9 @@ class SchemaCheck:
 
     def __post_init__(self) -> None:
         Draft202012Validator.check_schema(self.schema)
-        self._validator = Draft202012Validator(self.schema)
+        self._validator = Draft202012Validator(
+            self.schema, format_checker=Draft202012Validator.FORMAT_CHECKER
+        )
 
     def errors(self, arguments: Any) -> list[str]:
         found = []

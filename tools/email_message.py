@@ -80,9 +80,14 @@ class DeliveryUncertain(EmailError):
         self.message_id = message_id
 
 
+# Header fields: no control characters (CR/LF above all), so whoever validates against the
+# schema alone (the API, for edited approvals) refuses a header injection too.
+_NO_CONTROLS = "^[^\\x00-\\x1f\\x7f]*$"
+
 _ADDRESS: dict[str, Any] = {
     "type": "string",
     "format": "email",
+    "pattern": _NO_CONTROLS,
     "minLength": 3,
     "maxLength": 320,
     "description": "An email address, optionally with a display name: `Name <user@example.com>`.",
@@ -100,7 +105,7 @@ SEND_EMAIL_SCHEMA: dict[str, Any] = {
     "required": ["to", "subject", "body"],
     "properties": {
         "to": {"anyOf": [_ADDRESS, _address_list(1)], "description": "Recipient address, or a list of 1-50."},
-        "subject": {"type": "string", "maxLength": MAX_SUBJECT_CHARS},
+        "subject": {"type": "string", "maxLength": MAX_SUBJECT_CHARS, "pattern": _NO_CONTROLS},
         "body": {
             "type": "string",
             "maxLength": MAX_BODY_CHARS,
@@ -117,10 +122,11 @@ SEND_EMAIL_SCHEMA: dict[str, Any] = {
                 "additionalProperties": False,
                 "required": ["filename", "content_base64"],
                 "properties": {
-                    "filename": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "filename": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": _NO_CONTROLS},
                     "content_type": {
                         "type": "string",
                         "maxLength": 255,
+                        "pattern": _NO_CONTROLS,
                         "default": "application/octet-stream",
                     },
                     "content_base64": {"type": "string", "contentEncoding": "base64"},

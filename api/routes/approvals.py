@@ -106,7 +106,10 @@ async def _check_arguments(pool: Any, tool: str, arguments: dict[str, Any]) -> N
             409, "tool_unavailable", f"{tool} is not available to check the edited arguments against"
         )
     problems = sorted(
-        Draft202012Validator(spec.input_schema).iter_errors(arguments), key=lambda e: list(e.path)
+        Draft202012Validator(
+            spec.input_schema, format_checker=Draft202012Validator.FORMAT_CHECKER
+        ).iter_errors(arguments),
+        key=lambda e: list(e.path),
     )
     if problems:
         raise Problem(
