@@ -112,6 +112,9 @@ class IdempotencyMiddleware:
     async def _run_and_store(
         self, scope: Scope, body: bytes, send: Send, pool: Any, user_id: str, key: str
     ) -> None:
+        # The response is held back until the key's record is settled: a client that acts on
+        # it at once (follows a redirect, retries) must find the key completed or free.
+        held: list[Message] = []
         captured: dict[str, Any] = {"status": 0, "headers": [], "body": b""}
 
         async def capture(message: Message) -> None:
@@ -120,30 +123,34 @@ class IdempotencyMiddleware:
                 captured["headers"] = message.get("headers", [])
             elif message["type"] == "http.response.body":
                 captured["body"] += message.get("body", b"")
-            await send(message)
+            held.append(message)
 
         try:
             await self.app(scope, _replay_body(body), capture)
-        finally:
-            status = captured["status"]
-            # A redirect (FastAPI's trailing-slash one) did nothing: the key stays free for the
-            # redirected request, which a client following it sends with the same key.
-            if 200 <= status < 300 or 400 <= status < 500:
-                kept = {
-                    k.decode(): v.decode()
-                    for k, v in captured["headers"]
-                    if k.lower() in (b"content-type", b"location")
-                }
-                await idempotency.complete(
-                    pool,
-                    user_id=user_id,
-                    key=key,
-                    status=status,
-                    body=_without_secret(captured["body"]),
-                    headers=kept,
-                )
-            else:
-                await idempotency.release(pool, user_id=user_id, key=key)
+        except BaseException:
+            await idempotency.release(pool, user_id=user_id, key=key)
+            raise
+        status = captured["status"]
+        # A redirect (FastAPI's trailing-slash one) did nothing: the key stays free for the
+        # redirected request, which a client following it sends with the same key.
+        if 200 <= status < 300 or 400 <= status < 500:
+            kept = {
+                k.decode(): v.decode()
+                for k, v in captured["headers"]
+                if k.lower() in (b"content-type", b"location")
+            }
+            await idempotency.complete(
+                pool,
+                user_id=user_id,
+                key=key,
+                status=status,
+                body=_without_secret(captured["body"]),
+                headers=kept,
+            )
+        else:
+            await idempotency.release(pool, user_id=user_id, key=key)
+        for message in held:
+            await send(message)
 
 
 def _without_secret(body: bytes) -> bytes:
