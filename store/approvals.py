@@ -228,6 +228,13 @@ async def close_unless_decided(
     return closed
 
 
+async def cancel_pending(conn: Connection, *, turn_id: str, reason: str) -> None:
+    """Cancel the turn's pending approvals, each with its `approval_decided` event; the
+    caller holds the turn's row lock."""
+    for approval in await pending_for_turn(conn, turn_id=turn_id):
+        await close_unless_decided(conn, approval_id=approval.id, status="cancelled", reason=reason)
+
+
 async def mark_signalled(pool: Executor, *, approval_id: str) -> None:
     await pool.execute("UPDATE approvals SET signalled_at = now() WHERE id = $1", approval_id)
 

@@ -235,14 +235,7 @@ async def finish(
         if row is None or row["status"] in events.TERMINAL_STATUSES:
             return False
         # Approvals still waiting end with the turn, each with its `approval_decided` event.
-        pending = await conn.fetch(
-            "SELECT id FROM approvals WHERE turn_id = $1 AND status = 'pending' ORDER BY created_at, id",
-            turn_id,
-        )
-        for approval in pending:
-            await approvals.close_unless_decided(
-                conn, approval_id=approval["id"], status="cancelled", reason=f"the turn was {status}"
-            )
+        await approvals.cancel_pending(conn, turn_id=turn_id, reason=f"the turn was {status}")
         await events.append(
             conn,
             turn_id=turn_id,
@@ -347,12 +340,5 @@ async def request_cancel(pool: Pool, *, user_id: str, turn_id: str) -> bool:
             "UPDATE turns SET cancel_requested_at = coalesce(cancel_requested_at, now()) WHERE id = $1",
             turn_id,
         )
-        pending = await conn.fetch(
-            "SELECT id FROM approvals WHERE turn_id = $1 AND status = 'pending' ORDER BY created_at, id",
-            turn_id,
-        )
-        for approval in pending:
-            await approvals.close_unless_decided(
-                conn, approval_id=approval["id"], status="cancelled", reason="the turn was cancelled"
-            )
+        await approvals.cancel_pending(conn, turn_id=turn_id, reason="the turn was cancelled")
         return True
