@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Debian packages the tests use (checked by command), installed with apt-get when missing.
-DEBIAN_TEST_PACKAGES := docker-compose:docker-compose
+DEBIAN_TEST_PACKAGES := docker-compose:docker-compose dovecot:dovecot-imapd openssl:openssl
 
 .PHONY: dev test lint bench bench-approvals clean debian-deps
 
@@ -22,7 +22,7 @@ dev: $(STAMP)
 	$(BIN)/assistant dev
 
 debian-deps:
-	@missing=""; for pair in $(DEBIAN_TEST_PACKAGES); do \
+	@PATH="$$PATH:/usr/sbin:/sbin"; missing=""; for pair in $(DEBIAN_TEST_PACKAGES); do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \

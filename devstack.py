@@ -20,6 +20,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 _PG_SYSTEM_USER = "pgserver"
@@ -56,6 +57,11 @@ def spawn(
     """
     # Without a log file the child writes to our terminal (dev shows the worker's and API's logs).
     out = open(log_path, "ab") if log_path else None  # noqa: SIM115
+    # Run as `user` with its own group only (not root's): servers such as Dovecot hand their
+    # sockets to their group, and root's supplementary groups have no business in the child.
+    switch: dict[str, Any] = {}
+    if user is not None:
+        switch = {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
     try:
         return subprocess.Popen(
             args,
@@ -63,8 +69,8 @@ def spawn(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
-            user=user,
             preexec_fn=_die_with_parent(stop_signal),
+            **switch,
         )
     finally:
         if out is not None:

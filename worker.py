@@ -173,4 +173,5 @@ async def run_worker(settings: Settings) -> None:
         reconciler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reconciler
+        await registry.aclose()
         await pool.close()

@@ -94,6 +94,33 @@ class Settings(BaseSettings):
     smtp_ca_file: Path | None = None
     smtp_timeout: Duration = timedelta(seconds=30)
 
+    # search_emails: the mailbox it reads. `ssl` is IMAPS (port 993), `starttls` upgrades
+    # a plain connection (port 143), `none` is for loopback test servers only.
+    imap_host: str | None = None
+    imap_port: int | None = None
+    imap_user: str | None = None
+    imap_password: SecretStr | None = None
+    imap_tls: Literal["ssl", "starttls", "none"] = "ssl"
+    imap_ca_file: Path | None = None
+    imap_timeout: Duration = timedelta(seconds=30)
+
+    # query_database: a DSN whose role should be read-only (docs/TOOLS.md); the tool also
+    # runs every statement in a READ ONLY transaction under these timeouts.
+    query_database_url: SecretStr | None = None
+    query_timeout: Duration = timedelta(seconds=10)
+    query_max_bytes: ByteSize = 64 * 1024
+
+    # web_search: `searxng` needs SEARCH_URL; `serper` defaults to its public endpoint.
+    search_backend: Literal["searxng", "serper"] | None = None
+    search_url: str | None = None
+    search_api_key: SecretStr | None = None
+    search_timeout: Duration = timedelta(seconds=15)
+
+    # fetch_page: non-public addresses are refused unless this is on (intranets, tests).
+    fetch_allow_private_networks: bool = False
+    fetch_timeout: Duration = timedelta(seconds=20)
+    fetch_max_bytes: ByteSize = 5 * 2**20
+
     allowed_origins: Annotated[list[str], NoDecode, BeforeValidator(_split_csv)] = Field(default_factory=list)
     max_request_bytes: ByteSize = 1 << 20
     max_message_chars: int = 100_000

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from pydantic import SecretStr
 from temporalio.client import Client
 
 from api.app import create_app
@@ -26,11 +27,23 @@ from fakemodel import FakeModelServer
 from store import users
 from store.db import Pool, create_pool
 from store.migrate import migrate
+from tests.imapserver import DovecotServer, ImapUser
+from tests.loopback_only import AccessLog, loopback_only
 from tests.mailserver import MailServer
+from tests.pageserver import PageServer
+from tests.searchserver import SearchServer
+from tests.shopdb import ShopDatabase
 from tools.registry import build_registry
 from worker import build_worker, publish_tools
 
 ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["loopback_only"]  # a fixture, imported so that every test module can use it
+
+
+@pytest.fixture(autouse=True)
+def _network_stays_on_loopback(loopback_only: AccessLog) -> AccessLog:
+    """Every test fails if Python code in this process tries to reach beyond loopback."""
+    return loopback_only
 
 
 @dataclass
@@ -78,12 +91,58 @@ def mail() -> Iterator[MailServer]:
 
 
 @pytest.fixture(scope="session")
-def settings(stack: Stack, model: FakeModelServer, mail: MailServer) -> Settings:
+def pages() -> Iterator[PageServer]:
+    """Web pages for fetch_page; the session's worker may reach loopback to read them."""
+    with PageServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def search() -> Iterator[SearchServer]:
+    server = SearchServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mailbox() -> Iterator[DovecotServer]:
+    """The IMAP mailbox search_emails reads (Dovecot); tests deliver what they search for."""
+    server = DovecotServer([ImapUser("assistant", "mailbox-secret")]).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+async def shop(stack: Stack) -> AsyncIterator[ShopDatabase]:
+    """A database for query_database, read through the role docs/TOOLS.md describes."""
+    async with ShopDatabase.created(stack.database_url) as database:
+        yield database
+
+
+@pytest.fixture(scope="session")
+def settings(
+    stack: Stack,
+    model: FakeModelServer,
+    mail: MailServer,
+    search: SearchServer,
+    shop: ShopDatabase,
+    mailbox: DovecotServer,
+) -> Settings:
     return Settings(
         smtp_host="127.0.0.1",
         smtp_port=mail.port,
         smtp_tls="none",
         smtp_from="Assistant <assistant@example.test>",
+        search_backend="searxng",
+        search_url=search.base_url,
+        query_database_url=SecretStr(shop.reader_dsn),
+        query_timeout=timedelta(seconds=5),
+        fetch_allow_private_networks=True,
+        **mailbox.imap_settings("assistant", tls="starttls"),
         database_url=stack.database_url,
         temporal_address=stack.temporal_address,
         openai_base_url=model.base_url,

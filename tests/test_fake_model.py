@@ -375,3 +375,58 @@ async def test_stop_ends_in_flight_slow_stream_quickly() -> None:
     with pytest.raises(openai.APIConnectionError):
         await stream.__anext__()
     await client.close()
+
+
+def _offered(*names: str) -> list[dict[str, Any]]:
+    return [{"type": "function", "function": {"name": n, "parameters": {}}} for n in names]
+
+
+ALL_TOOLS = ("send_email", "search_emails", "query_database", "web_search", "fetch_page")
+
+
+@pytest.mark.parametrize(
+    ("question", "tool", "arguments"),
+    [
+        ("email bob@example.test about lunch", "send_email", {"to": "bob@example.test"}),
+        ("search my email for invoice 42?", "search_emails", {"query": "invoice 42"}),
+        ("SELECT count(*) FROM orders;", "query_database", {"query": "SELECT count(*) FROM orders"}),
+        ("search the web for durable workflows", "web_search", {"query": "durable workflows"}),
+        ("what does https://example.test/a?b=1. say", "fetch_page", {"url": "https://example.test/a?b=1"}),
+    ],
+)
+def test_demo_model_calls_the_offered_tool_a_request_names(
+    question: str, tool: str, arguments: dict[str, Any]
+) -> None:
+    from fakemodel.demo_tools import demo_step
+    from fakemodel.script import ToolCallsStep
+
+    step = demo_step({"messages": user(question), "tools": _offered(*ALL_TOOLS)})
+    assert isinstance(step, ToolCallsStep)
+    (call,) = step.tool_calls
+    assert call.name == tool
+    assert isinstance(call.arguments, dict)
+    assert {k: call.arguments[k] for k in arguments} == arguments
+    # A tool that is not offered is never called: the plain demo answer instead.
+    others = [n for n in ALL_TOOLS if n != tool]
+    assert demo_step({"messages": user(question), "tools": _offered(*others)}) is None
+
+
+def test_demo_model_reports_reading_tool_results() -> None:
+    from fakemodel.demo_tools import demo_step
+    from fakemodel.script import ReplyStep
+
+    def report(result: dict[str, Any]) -> str:
+        messages = [*user("q"), {"role": "tool", "tool_call_id": "c", "content": json.dumps(result)}]
+        step = demo_step({"messages": messages})
+        assert isinstance(step, ReplyStep) and step.content
+        return step.content
+
+    page = {"final_url": "https://x.test/", "title": "Home", "content": "Hello there", "word_count": 2}
+    assert "**Home** (2 words): Hello there" in report(page)
+    assert "[T](https://x.test/)" in report(
+        {"results": [{"title": "T", "url": "https://x.test/", "snippet": ""}]}
+    )
+    assert "**Hi** from Ann <a@x.test>" in report(
+        {"emails": [{"date": "2026-01-01", "subject": "Hi", "from": "Ann <a@x.test>"}]}
+    )
+    assert "| n |" in report({"columns": ["n"], "rows": [[1]], "row_count": 1, "truncated": False})

@@ -36,6 +36,9 @@ class SlowEcho:
     def check(self, arguments: dict[str, Any]) -> None:
         return None
 
+    async def aclose(self) -> None:
+        return None
+
     async def run(self, arguments: dict[str, Any], context: ToolContext) -> Any:
         self.running += 1
         self.most_at_once = max(self.most_at_once, self.running)

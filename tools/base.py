@@ -76,6 +76,9 @@ class Tool(Protocol):
 
     async def run(self, arguments: dict[str, Any], context: ToolContext) -> Any: ...
 
+    async def aclose(self) -> None:
+        """Release connections the tool keeps between calls (worker shutdown)."""
+
 
 @dataclass
 class SchemaCheck:

@@ -8,7 +8,6 @@ DATA other than 250 is an explicit refusal, so nothing was delivered then either
 """
 
 import contextlib
-import ipaddress
 import ssl
 from dataclasses import dataclass, field
 from email.headerregistry import Address
@@ -37,6 +36,7 @@ from tools.email_message import (
     render_message,
     validate_send_email,
 )
+from tools.netguard import is_loopback_host
 
 __all__ = [
     "SEND_EMAIL_DESCRIPTION",
@@ -89,7 +89,7 @@ class SmtpConfig:
             raise ConfigurationError(err.message) from None
         if bool(settings.smtp_user) != bool(settings.smtp_password):
             raise ConfigurationError("SMTP_USER and SMTP_PASSWORD must be set together")
-        cleartext = settings.smtp_tls == "none" and not _is_loopback(settings.smtp_host)
+        cleartext = settings.smtp_tls == "none" and not is_loopback_host(settings.smtp_host)
         if settings.smtp_user and cleartext and not settings.is_development:
             raise ConfigurationError(
                 "SMTP_TLS=none with SMTP_USER would send the password in clear; use starttls or ssl"
@@ -317,12 +317,3 @@ async def _unlock(conn: Connection, key: str) -> None:
     except Exception:
         # Releasing the connection to the pool resets it, which drops the lock anyway.
         log.warning("outbox lock not released", exc_info=True)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

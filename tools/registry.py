@@ -29,6 +29,14 @@ class ToolRegistry:
             return self.specs()
         return [self._tools[n].spec for n in names if n in self._tools]
 
+    async def aclose(self) -> None:
+        """Close every tool's kept connections; one failing does not keep the others open."""
+        for tool in self._tools.values():
+            try:
+                await tool.aclose()
+            except Exception:
+                log.exception("closing a tool failed", tool=tool.spec.name)
+
     def validate(self, name: str, arguments: dict[str, Any]) -> None:
         """Raise InvalidArguments unless the arguments fit the tool's schema and checks."""
         errors = self._checks[name].errors(arguments)
@@ -38,14 +46,26 @@ class ToolRegistry:
 
 
 def build_registry(settings: Settings, pool: Any) -> ToolRegistry:
-    """Every built-in tool whose configuration is present."""
-    tools: list[Tool] = []
+    """Every built-in tool whose configuration is present (fetch_page needs none)."""
     from tools.email import SmtpConfig
+    from tools.fetch_page import FetchPageTool
+    from tools.query_database import QueryDatabaseTool
+    from tools.search_emails import SearchEmailsTool
+    from tools.web_search import WebSearchTool
 
+    tools: list[Tool] = []
     smtp = SmtpConfig.from_settings(settings)
     if smtp is not None:
         from tools.send_email import SendEmailTool
 
         tools.append(SendEmailTool(smtp, pool))
+    for configured in (
+        SearchEmailsTool.from_settings(settings),
+        QueryDatabaseTool.from_settings(settings),
+        WebSearchTool.from_settings(settings),
+        FetchPageTool.from_settings(settings),
+    ):
+        if configured is not None:
+            tools.append(configured)
     log.info("tools available", tools=[t.spec.name for t in tools])
     return ToolRegistry(tools)

@@ -37,6 +37,9 @@ class SendEmailTool:
         except EmailInvalid as err:
             raise InvalidArguments(str(err)) from err
 
+    async def aclose(self) -> None:
+        """Each send opens its own SMTP connection: nothing is kept between calls."""
+
     async def run(self, arguments: dict[str, Any], context: ToolContext) -> Any:
         try:
             return await self._sender.send(
