@@ -7,6 +7,7 @@ approval, when a person edited them), and results are written as tool messages w
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -259,6 +260,20 @@ async def _uninterrupted(work: Coroutine[Any, Any, Any]) -> Any:
         return await task
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(value: Any) -> Any:
+    """`value` without what jsonb refuses: NUL is dropped, a lone surrogate becomes U+FFFD."""
+    if isinstance(value, str):
+        return _UNSTORABLE.sub(lambda m: "" if m.group() == "\x00" else "\ufffd", value)
+    if isinstance(value, dict):
+        return {_storable(str(k)): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(item) for item in value]
+    return value
+
+
 def _rejection_reason(approval: approvals.Approval | None) -> str:
     if approval is None or approval.status == "expired":
         return "approval expired"
@@ -294,9 +309,7 @@ async def _store_result(
     payload: dict[str, Any] = {"tool_call_id": call.tool_call_id, "tool_id": call.tool, "status": status}
     if error is None:
         try:  # NaN/Infinity cannot be stored (jsonb) and are not JSON: the tool's fault
-            content = json.dumps(result, ensure_ascii=False, default=str, allow_nan=False).replace(
-                "\\u0000", ""
-            )
+            content = json.dumps(_storable(result), ensure_ascii=False, default=str, allow_nan=False)
             result = json.loads(content)
         except ValueError:
             error, status = (

@@ -40,3 +40,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root.setLevel(level.upper())
     # The access log is ours (api.middleware): uvicorn's would record query strings.
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx and httpcore log every request URL at INFO/DEBUG: search queries, the pages the
+    # model fetched, and credentials in a URL's userinfo. Tools log what they did themselves.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

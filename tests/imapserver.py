@@ -180,6 +180,16 @@ class DovecotServer:
             if typ != "OK":
                 raise RuntimeError(f"APPEND to {mailbox} failed: {data!r}")
 
+    def deliver_many(self, user: str, mailbox: str, messages: list[tuple[bytes, datetime]]) -> None:
+        """`deliver` for many messages over one connection (a login each would take seconds)."""
+        with self.connect(user) as conn:
+            if mailbox.upper() != "INBOX":
+                conn.create(_quote(mailbox))
+            for message, date in messages:
+                typ, data = conn.append(_quote(mailbox), None, imaplib.Time2Internaldate(date), message)
+                if typ != "OK":
+                    raise RuntimeError(f"APPEND to {mailbox} failed: {data!r}")
+
     def make_folders(self, user: str, names: list[str]) -> None:
         """Create empty top-level folders straight in the user's Maildir (thousands take
         milliseconds, where CREATE takes a few each), then LIST them once so Dovecot's folder

@@ -65,7 +65,9 @@ def _is_local_lookup(host: Any) -> bool:
     if host is None:
         return True
     name = host.decode("ascii", "replace") if isinstance(host, bytes) else str(host)
-    if name.lower().rstrip(".") in _LOCAL_NAMES or name.lower().rstrip(".").endswith(".localhost"):
+    # Exactly these names: /etc/hosts answers them. glibc sends `localhost.` and `*.localhost`
+    # to the DNS server like any other name.
+    if name.lower() in _LOCAL_NAMES:
         return True
     try:
         _REAL_GETADDRINFO(name, None, flags=socket.AI_NUMERICHOST)

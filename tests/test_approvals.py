@@ -250,6 +250,11 @@ async def test_invalid_arguments_and_unknown_tools_go_back_to_the_model(user, mo
                         "name": "send_email",
                         "arguments": email_args(tag, subject="a\u0000b"),
                     },
+                    {
+                        "id": "call_surrogate",
+                        "name": "send_email",
+                        "arguments": '{"to": "a@example.test", "subject": "\\ud800", "body": "x"}',
+                    },
                     {"id": "call_nope", "name": "launch_rockets", "arguments": {}},
                 ],
             },
@@ -271,6 +276,7 @@ async def test_invalid_arguments_and_unknown_tools_go_back_to_the_model(user, mo
     assert results["call_crlf"]["error"]["code"] == "invalid_arguments"
     assert results["call_json"]["error"]["code"] == "invalid_arguments"
     assert results["call_nul"]["error"]["code"] == "invalid_arguments"
+    assert results["call_surrogate"]["error"]["code"] == "invalid_arguments"
     assert results["call_nope"]["error"]["code"] == "unknown_tool"
     tool_messages = [m for m in model.requests(tag)[-1].body["messages"] if m["role"] == "tool"]
     assert {m["tool_call_id"] for m in tool_messages} == set(results)

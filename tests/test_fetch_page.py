@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
+from activities.tools import MAX_RESULT_CHARS
 from core.config import Settings
 from devstack import free_port
 from tests.pageserver import PageServer, Reply
 from tools.base import SchemaCheck, ToolContext, ToolFailed, ToolTemporarilyFailed
 from tools.fetch_page import FetchPageTool
-from tools.netguard import IPAddress, any_address, public_only, system_resolver
+from tools.netguard import IPAddress, private_networks, public_only, system_resolver
 
 CONTEXT = ToolContext(turn_id="turn", tool_call_id="call", user_id="user", idempotency_key="key")
 TEST_PUBLIC = IPv4Address("127.0.0.2")
@@ -75,11 +76,36 @@ def test_public_policy_allows_only_public_addresses() -> None:
         ("2002:0a00:0001::", "IPv6 form of 10.0.0.1"),
         ("::a00:1", "reserved"),  # IPv4-compatible, deprecated
         ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "special-purpose"),  # Teredo
+        ("168.63.129.16", "cloud platform"),  # Azure's WireServer, on a public address
     ],
 )
 def test_public_policy_refuses_every_non_public_range(address: str, reason: str) -> None:
     refusal = public_only(ip_address(address))
     assert refusal is not None and reason in refusal
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack instance metadata
+        "::ffff:169.254.169.254",
+        "fe80::a9fe:a9fe",
+        "fd00:ec2::254",  # AWS metadata over IPv6
+        "100.100.100.200",  # Alibaba Cloud metadata
+        "168.63.129.16",  # Azure WireServer
+        "192.0.0.192",  # Oracle Cloud metadata
+    ],
+)
+def test_the_intranet_policy_still_refuses_cloud_metadata(address: str) -> None:
+    """FETCH_ALLOW_PRIVATE_NETWORKS opens intranets, not the host's cloud credentials."""
+    assert private_networks(ip_address(address)) is not None
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1", "::1", "10.1.2.3", "192.168.1.1", "fd12:3456::1", "8.8.8.8"]
+)
+def test_the_intranet_policy_allows_loopback_private_and_public(address: str) -> None:
+    assert private_networks(ip_address(address)) is None
 
 
 # --- Refusals: nothing reaches the server --------------------------------------------------
@@ -118,6 +144,8 @@ RESOLVES_TO_LOOPBACK = {
         ("http://127.1:{port}/", "address_not_allowed", "resolves to 127.0.0.1"),
         ("http://0x7f.0.0.1:{port}/", "address_not_allowed", "resolves to 127.0.0.1"),
         ("http://0.0.0.0:{port}/", "address_not_allowed", "unspecified"),
+        ("http://public.example@127.0.0.1:{port}/", "address_not_allowed", "loopback"),
+        ("http://[::ffff:a9fe:a9fe]/", "address_not_allowed", "IPv6 form of 169.254.169.254"),
         ("http://[::]:{port}/", "address_not_allowed", "unspecified"),
         ("http://169.254.169.254/latest/meta-data/", "address_not_allowed", "link-local"),
         ("http://10.0.0.1/", "address_not_allowed", "private-network"),
@@ -129,6 +157,10 @@ RESOLVES_TO_LOOPBACK = {
         ("http://0177.0.0.1:{port}/", "unsupported_url", "not a valid URL"),
         ("file:///etc/passwd", "unsupported_url", "only http and https"),
         ("gopher://127.0.0.1:{port}/", "unsupported_url", "only http and https"),
+        ("http://127.0.0.1:99999/", "unsupported_url", "port"),
+        ("http://127.0.0.1:0/", "unsupported_url", "port"),
+        ("http://xn--/", "unsupported_url", "not a valid URL"),
+        ("http://127.0.0.1/\ud800", "unsupported_url", "not a valid URL"),
     ],
 )
 async def test_non_public_targets_are_refused_before_any_connection(
@@ -160,12 +192,39 @@ async def test_the_same_server_answers_when_private_networks_are_allowed(target:
     assert target.paths == ["/"]
 
 
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/", "http://[::ffff:a9fe:a9fe]/"])
+async def test_an_intranet_deployment_still_refuses_cloud_metadata(url: str) -> None:
+    intranet = FetchPageTool.from_settings(
+        Settings(_env_file=None, fetch_allow_private_networks=True)  # type: ignore[call-arg]
+    )
+    with pytest.raises(ToolFailed) as failure:
+        await intranet.run({"url": url}, CONTEXT)
+    assert failure.value.code == "address_not_allowed"
+    assert "link-local" in failure.value.message and "cloud platform" in failure.value.message
+
+
 async def test_unknown_host_is_reported() -> None:
     resolver = TableResolver({"nowhere.test": []})
     with pytest.raises(ToolFailed) as failure:
         await guarded_tool(resolver=resolver).run({"url": "http://nowhere.test/"}, CONTEXT)
     assert failure.value.code == "host_not_found"
     assert "nowhere.test" in failure.value.message
+
+
+@pytest.mark.parametrize("host", ["a" * 64 + ".example", "a..example"])
+async def test_a_name_no_dns_server_could_hold_is_not_found(host: str) -> None:
+    """The system resolver cannot even encode a label over 63 characters or an empty one."""
+    with pytest.raises(ToolFailed) as failure:
+        await guarded_tool().run({"url": f"http://{host}/"}, CONTEXT)
+    assert failure.value.code == "host_not_found"
+
+
+async def test_a_lookup_that_failed_for_now_asks_for_a_retry() -> None:
+    async def dns_unreachable(host: str, port: int) -> list[IPAddress]:
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    with pytest.raises(ToolTemporarilyFailed, match=r"could not look up news\.test"):
+        await guarded_tool(resolver=dns_unreachable).run({"url": "http://news.test/"}, CONTEXT)
 
 
 @pytest.fixture
@@ -187,6 +246,8 @@ def treat_127_0_0_2_as_public(ip: IPAddress) -> str | None:
         ("http://www.example-public.test:{port}/", "address_not_allowed"),
         ("http://[::ffff:7f00:1]:{port}/", "address_not_allowed"),
         ("file:///etc/passwd", "unsupported_url"),
+        ("http://xn--/", "unsupported_url"),
+        ("http://public.test:70000/", "unsupported_url"),
     ],
 )
 async def test_a_redirect_to_a_non_public_target_is_refused(
@@ -248,6 +309,11 @@ CYRILLIC = """<html><head><meta charset="windows-1251"><title>Реки Евро�
 
 BIG_PIECE = b"<p>" + b"lorem ipsum dolor sit amet " * 2400 + b"</p>\n"  # about 64 KiB
 BIG_PIECES = 512  # 32 MiB in all, far beyond socket buffers
+# 5 MiB of markup that makes jusText, trafilatura's fallback, take time quadratic in its size
+# (minutes); gzip sends it in a few kilobytes.
+HEAVY = (b"<html><body>" + b"<div><div><p>some words here</p></div></div>" * 130_000)[: 5 << 20]
+# lxml's metadata pass trips over this (an AssertionError inside htmldate's cleaning).
+SVG_META = "<svg><meta property='og:url' content='http://\u00fc..'><svg>"
 
 
 @pytest.fixture(scope="module")
@@ -281,6 +347,19 @@ def site() -> Iterator[PageServer]:
         server.page("/rot13.txt", "plain words", "text/plain; charset=rot13")
         server.page("/idna.txt", "plain words", "text/plain; charset=idna")
         server.page("/cyrillic", CYRILLIC.encode("windows-1251"), "text/html")
+        server.page("/heavy", gzip.compress(HEAVY), "text/html", headers={"Content-Encoding": "gzip"})
+        server.page("/svg-meta", SVG_META)
+        server.route(
+            "/gzip-then-more",
+            Reply(
+                headers={"Content-Type": "text/plain", "Content-Encoding": "gzip"},
+                pieces=lambda: [gzip.compress(b"the whole page"), *[b"trailing bytes"] * 100],
+                piece_delay=0.05,
+            ),
+        )
+        server.page("/utf7.txt", "a +2AA- b", "text/plain; charset=utf-7")  # a lone surrogate
+        server.page("/escapes.txt", r"a \ud800 b \x00 c", "text/plain; charset=unicode_escape")
+        server.page("/quotes.txt", '"' * 60_000, "text/plain")
         server.page("/logo.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "image/png")
         server.page("/report.pdf", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3", "application/pdf")
         server.page("/untyped", b"\x00\x01\x02binary", "")
@@ -298,13 +377,22 @@ def site() -> Iterator[PageServer]:
 
 
 def open_tool(**overrides: Any) -> FetchPageTool:
-    return FetchPageTool(**{"timeout": 2.0, "max_bytes": 1 << 20, "policy": any_address, **overrides})
+    return FetchPageTool(**{"timeout": 2.0, "max_bytes": 1 << 20, "policy": private_networks, **overrides})
 
 
 async def fetch(url: str, **arguments: Any) -> dict[str, Any]:
     result = await open_tool().run({"url": url, **arguments}, CONTEXT)
-    json.dumps(result, allow_nan=False)  # storable as it is
+    assert_storable(result)
     return result
+
+
+def assert_storable(result: dict[str, Any]) -> None:
+    """What the activity stores: UTF-8 JSON, which jsonb takes (no NUL, no lone surrogate), and
+    short enough not to be cut."""
+    stored = json.dumps(result, ensure_ascii=False, allow_nan=False)
+    stored.encode("utf-8")
+    assert "\\u0000" not in stored
+    assert len(stored) <= MAX_RESULT_CHARS
 
 
 async def test_an_html_page_becomes_its_main_text(site: PageServer) -> None:
@@ -352,6 +440,14 @@ async def test_the_cap_applies_to_the_decompressed_body(site: PageServer) -> Non
     assert gzipped["title"] == "Rivers of Europe" and "Danube" in gzipped["content"]
 
 
+async def test_reading_ends_with_the_compressed_stream(site: PageServer) -> None:
+    """Bytes a server sends after the gzip stream's end are not waited for."""
+    started = time.monotonic()
+    result = await fetch(site.url("/gzip-then-more"))
+    assert (result["content"], result["truncated"]) == ("the whole page", False)
+    assert time.monotonic() - started < 1.5
+
+
 async def test_content_is_cut_at_max_length(site: PageServer) -> None:
     whole = await fetch(site.url("/article"))
     cut = await fetch(site.url("/article"), max_length=40)
@@ -375,6 +471,55 @@ async def test_text_passes_through(site: PageServer, path: str, content: str) ->
     assert result["content"] == content
     assert (result["title"], result["description"], result["truncated"]) == (None, None, False)
     assert result["word_count"] == len(content.split())
+
+
+@pytest.mark.parametrize(
+    ("path", "content"), [("/utf7.txt", "a \ufffd b"), ("/escapes.txt", "a \ufffd b  c")]
+)
+async def test_decoding_never_yields_what_the_database_refuses(
+    site: PageServer, path: str, content: str
+) -> None:
+    """Python codecs a page may name produce lone surrogates, which PostgreSQL cannot store."""
+    assert (await fetch(site.url(path)))["content"] == content
+
+
+async def test_a_result_fits_the_activity_even_when_every_character_needs_escaping(site: PageServer) -> None:
+    result = await fetch(site.url("/quotes.txt"), max_length=50_000)
+    assert result["truncated"] is True
+    assert 40_000 < len(result["content"]) < 50_000 and set(result["content"]) == {'"'}
+
+
+async def test_markup_that_breaks_the_extractor_still_gives_a_result(site: PageServer) -> None:
+    result = await fetch(site.url("/svg-meta"))
+    assert (result["status"], result["content"], result["truncated"]) == (200, "", False)
+
+
+async def test_extraction_time_is_bounded_and_keeps_the_event_loop_free(site: PageServer) -> None:
+    """Extraction runs in a thread on a bounded slice of the markup: the call ends in seconds,
+    and the loop that sends the activity's heartbeats never waits long."""
+    longest_gap, ticking = 0.0, True
+
+    async def tick() -> None:
+        nonlocal longest_gap
+        last = time.monotonic()
+        while ticking:
+            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            longest_gap, last = max(longest_gap, now - last), now
+
+    ticker = asyncio.create_task(tick())
+    started = time.monotonic()
+    try:
+        result = await asyncio.wait_for(
+            open_tool(max_bytes=5 << 20).run({"url": site.url("/heavy")}, CONTEXT), timeout=30
+        )
+    finally:
+        ticking = False
+        await ticker
+    assert time.monotonic() - started < 15
+    assert longest_gap < 1.0
+    assert result["truncated"] is True and result["content"].startswith("some words here")
+    assert_storable(result)
 
 
 async def test_a_charset_declared_in_the_page_is_honoured(site: PageServer) -> None:

@@ -742,6 +742,82 @@ async def test_hostile_values_keep_the_result_whole(reader: QueryDatabaseTool) -
     json.dumps(result, ensure_ascii=False, allow_nan=False).encode()
 
 
+def _peak_rss_kib() -> int:
+    """The process's peak resident memory since the last `_reset_peak_rss` (Linux VmHWM)."""
+    return int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0])
+
+
+def _reset_peak_rss() -> None:
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+async def test_memory_is_bounded_by_the_result_not_by_the_rows_read(reader: QueryDatabaseTool) -> None:
+    """400 rows of 1 MB each: only about the 64 KiB the result may take is kept, so the rows
+    are read a few at a time, never all at once."""
+    await run(reader, "SELECT 1")  # the pool's connection exists before the measure
+    _reset_peak_rss()
+    before = _peak_rss_kib()
+    result = await run(reader, "SELECT repeat('x', 1000000) AS big FROM generate_series(1, 400)", limit=1000)
+    grown_mib = (_peak_rss_kib() - before) / 1024
+    assert result["truncated"] is True and 0 < result["row_count"] < 400
+    assert result["rows"][0] == ["x" * 4000 + "…[996000 more characters]"]
+    assert grown_mib < 100, f"reading the result took {grown_mib:.0f} MiB"
+
+
+async def test_catalog_tables_read_as_postgresql_shows_them(reader: QueryDatabaseTool) -> None:
+    """`"char"` columns (relkind, contype, …) as their letter, `anyarray` columns (pg_attribute,
+    pg_stats) as PostgreSQL's text, and a `"char"` parameter bound like any other string."""
+    kind = await run(reader, "SELECT relkind, relpersistence FROM pg_class WHERE relname = 'people'")
+    assert kind["rows"] == [["r", "p"]]
+    assert (await run(reader, "SELECT ''::\"char\", '\\351'::\"char\""))["rows"] == [["", "\\351"]]
+    tables = await run(reader, "SELECT relname FROM pg_class WHERE relkind = $1 AND relname = 'people'", "r")
+    assert tables["rows"] == [["people"]]
+    columns = await run(
+        reader,
+        "SELECT attname, attalign, attmissingval FROM pg_attribute"
+        " WHERE attrelid = 'people'::regclass AND attnum = 1",
+    )
+    assert columns["rows"] == [["id", "i", None]]
+    everything = await run(reader, "SELECT * FROM pg_attribute WHERE attrelid = 'people'::regclass", limit=50)
+    assert everything["row_count"] > 8 and "attmissingval" in everything["columns"]
+    stats = await run(reader, "SELECT * FROM pg_stats")
+    assert "most_common_vals" in stats["columns"]
+
+
+async def test_a_value_the_driver_cannot_read_is_a_clear_error(reader: QueryDatabaseTool) -> None:
+    """A whole pg_class row holds an aclitem[], which has no binary form: the model is told
+    to cast, and the call is not retried as if the connection had been lost."""
+    error = await failure(reader, "SELECT c FROM pg_class c WHERE relname = 'people'")
+    assert error.code == "query_invalid"
+    assert "::text" in error.message
+    assert (await run(reader, "SELECT c::text FROM pg_class c WHERE relname = 'people'"))["row_count"] == 1
+
+
+async def test_no_value_becomes_a_character_jsonb_cannot_store(reader: QueryDatabaseTool) -> None:
+    """`json` (unlike jsonb) keeps a `\\u0000` escape; as a parsed value it would be a NUL."""
+    result = await run(reader, 'SELECT \'{"k\\u0000": "v\\u0000"}\'::json AS doc, \'"\\u0000"\'::json AS s')
+    assert result["rows"] == [['{"k\\u0000": "v\\u0000"}', '"\\u0000"']]
+    assert "\x00" not in json.dumps(result, ensure_ascii=False)
+
+
+async def test_a_large_query_max_bytes_still_fits_a_tool_result(target: Target) -> None:
+    """The activity cuts results at 100,000 characters; the tool never returns more."""
+    tool = QueryDatabaseTool.from_settings(
+        Settings(
+            assistant_env="development",
+            query_database_url=SecretStr(target.reader_dsn),
+            query_max_bytes=10 * 1024 * 1024,
+        )
+    )
+    assert tool is not None
+    try:
+        result = await run(tool, "SELECT repeat('é', 3000) FROM generate_series(1, 1000)", limit=1000)
+    finally:
+        await tool.aclose()
+    assert result["truncated"] is True and result["row_count"] > 10
+    assert len(json.dumps(result, ensure_ascii=False)) < 100_000
+
+
 async def test_a_row_larger_than_the_cap_is_a_clear_error(target: Target) -> None:
     async with query_tool(target.reader_dsn, max_bytes=1 * KIB) as tool:
         error = await failure(tool, "SELECT " + ", ".join(f"repeat('x', 200) AS c{n}" for n in range(10)))
@@ -963,6 +1039,44 @@ async def test_client_deadline_ends_a_call_the_server_never_answers(
         await proxy.stop()
 
 
+async def test_a_call_cancelled_mid_query_leaves_its_connection_clean(
+    target: Target, admin: asyncpg.Connection
+) -> None:
+    """The activity's task cancelled while PostgreSQL runs the statement (and holds a lock it
+    took): the session is cancelled and reset before it serves the next call."""
+    async with query_tool(target.reader_dsn, query_timeout=10) as tool:
+        pid = (await run(tool, "SELECT pg_backend_pid()"))["rows"][0][0]
+        call = asyncio.ensure_future(run(tool, "SELECT pg_advisory_lock(4243), pg_sleep(30)"))
+        for _ in range(100):
+            state = await admin.fetchval("SELECT state FROM pg_stat_activity WHERE pid = $1", pid)
+            if state == "active":
+                break
+            await asyncio.sleep(0.02)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        started = time.monotonic()
+        after = await run(
+            tool,
+            "SELECT pg_backend_pid(), current_setting('transaction_read_only'),"
+            " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid())",
+        )
+        assert time.monotonic() - started < 2  # not the 30 s sleep
+        assert after["rows"] == [[pid, "on", 0]]
+        assert await admin.fetchval("SELECT state FROM pg_stat_activity WHERE pid = $1", pid) == "idle"
+
+
+async def test_calls_at_once_share_the_pool(target: Target) -> None:
+    tool = QueryDatabaseTool(target.reader_dsn, timeout=5, max_bytes=64 * KIB, pool_size=2)
+    try:
+        results = await asyncio.gather(
+            *(run(tool, "SELECT pg_sleep(0.3), $1::int", n) for n in range(5)), return_exceptions=True
+        )
+    finally:
+        await tool.aclose()
+    assert [r["rows"] for r in results if isinstance(r, dict)] == [[[None, n]] for n in range(5)]
+
+
 # ---- configuration and contract -----------------------------------------------------------
 
 
@@ -983,6 +1097,13 @@ def test_from_settings() -> None:
     with pytest.raises(ConfigurationError):
         QueryDatabaseTool.from_settings(
             Settings(assistant_env="development", query_database_url=SecretStr("mysql://x@y/z"))
+        )
+    with pytest.raises(ConfigurationError, match="QUERY_TIMEOUT"):
+        QueryDatabaseTool.from_settings(
+            Settings(
+                query_database_url=SecretStr("postgresql://r:pw@127.0.0.1:5432/shop"),
+                query_timeout=timedelta(minutes=5),
+            )
         )
 
 

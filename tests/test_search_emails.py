@@ -9,6 +9,7 @@ times (INTERNALDATE) in an order unlike their UIDs.
 
 import asyncio
 import base64
+import bz2
 import json
 import os
 import re
@@ -30,11 +31,18 @@ from core.errors import ConfigurationError
 from devstack import free_port
 from tests.imapserver import DovecotServer, ImapUser
 from tools.base import SchemaCheck, ToolContext, ToolFailed, ToolTemporarilyFailed
+from tools.imap import ImapSession
+from tools.mail_parse import Structure, parse_records, read_structure
 from tools.search_emails import SearchEmailsTool
 
 CONTEXT = ToolContext(turn_id="turn", tool_call_id="call", user_id="user", idempotency_key="key")
 ALICE = ImapUser("alice", "alice-secret")
 LEGACY = ImapUser("legacy", "legacy-secret", capability="IMAP4rev1")
+# Mailboxes of their own for tests that add mail as they go or fill a mailbox with odd mail.
+MALLORY = ImapUser("mallory", "mallory-secret")
+BULK = ImapUser("bulk", "bulk-secret")
+RACER = ImapUser("racer", "racer-secret")
+OLD_RACER = ImapUser("old_racer", "old-racer-secret", capability="IMAP4rev1")
 PDF_PAYLOAD = b"%PDF-1.4 ATTACHEDPAYLOADTEXT " * 50
 
 
@@ -235,7 +243,7 @@ LEGACY_MAIL: list[tuple[str, bytes, datetime]] = [
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[DovecotServer]:
-    dovecot = DovecotServer([ALICE, LEGACY]).start()
+    dovecot = DovecotServer([ALICE, LEGACY, MALLORY, BULK, RACER, OLD_RACER]).start()
     try:
         for user, mail in (("alice", ALICE_MAIL), ("legacy", LEGACY_MAIL)):
             for mailbox, data, arrival in mail:
@@ -584,6 +592,290 @@ async def test_an_account_with_thousands_of_folders(server: DovecotServer) -> No
         assert subjects(await search(tool, "ticket", folder="trash")) == ["Ticket spam"]
     finally:
         await tool.aclose()
+
+
+def hostile_mail() -> list[tuple[str, bytes]]:
+    """(subject, message) of mail strangers can send: each broke every search that found it."""
+    head = ["From: Sam <sam@example.com>", "To: mallory@example.com", "MIME-Version: 1.0"]
+    dated = [*head, "Date: Sat, 10 Jan 2026 09:00:00 +0000"]
+
+    def plain(subject: str, charset: str, body: bytes, *, cte: str = "7bit") -> bytes:
+        headers = [f"Content-Type: text/plain; charset={charset}", f"Content-Transfer-Encoding: {cte}"]
+        return raw([*dated, f"Subject: {subject}", *headers], body)
+
+    bomb = base64.encodebytes(bz2.compress(b"A" * 50_000_000))  # a few hundred bytes
+    return [
+        ("Charset undefined", plain("Charset undefined", "undefined", b"Plain words undefined\r\n")),
+        ("Charset idna", plain("Charset idna", "idna", b"Plain words idna\r\n")),
+        ("Charset rot13", plain("Charset rot13", "rot13", b"Plain words rot13\r\n")),
+        ("Charset bz2", plain("Charset bz2", "bz2", bomb, cte="base64")),
+        (
+            "Control characters in HTML",
+            raw(
+                [*dated, "Subject: Control characters in HTML", "Content-Type: text/html; charset=utf-8"],
+                b"<p>Hello\x0cthere\x01friend</p>\r\n",
+            ),
+        ),
+        (
+            "Nested comments",
+            raw(
+                [
+                    *dated[1:],
+                    "From: " + "(" * 400 + "x" + ")" * 400 + " <deep@example.com>",
+                    "Subject: Nested comments",
+                ],
+                b"Deep sender\r\n",
+            ),
+        ),
+        (
+            "Year too large",
+            raw(
+                [*head, "Date: Mon, 01 Jan 99999999999999999999 00:00:00 +0000", "Subject: Year too large"],
+                b"Odd date\r\n",
+            ),
+        ),
+        (
+            "Broken encoded words",
+            raw(
+                [
+                    *dated,
+                    "Subject: =?unknown-8bit?q?caf=E9?= =?utf-8?b?!!!?= =?bz2?b?QlpoOTFBWSZTWQ==?= Broken",
+                ],
+                b"Garbled subject\r\n",
+            ),
+        ),
+    ]
+
+
+async def test_hostile_mail_never_breaks_a_search(server: DovecotServer) -> None:
+    mail = hostile_mail()
+    server.deliver_many("mallory", "INBOX", [(data, at(10, hour)) for hour, (_, data) in enumerate(mail)])
+    tool = make_tool(server, "mallory")
+    try:
+        emails = {email["subject"]: email for email in await search(tool, "", limit=100)}
+    finally:
+        await tool.aclose()
+    assert len(emails) == len(mail)
+    assert emails["Charset undefined"]["snippet"] == "Plain words undefined"  # read as UTF-8
+    assert emails["Charset idna"]["snippet"] == "Plain words idna"
+    assert emails["Charset rot13"]["snippet"] == "Plain words rot13"
+    assert len(emails["Charset bz2"]["snippet"]) <= 200  # never decompressed
+    assert emails["Control characters in HTML"]["snippet"] == "Hello there friend"
+    assert "deep@example.com" in emails["Nested comments"]["from"]
+    assert emails["Year too large"]["date"] == at(10, 6).isoformat()  # the arrival time instead
+    assert any(subject.endswith("Broken") for subject in emails)
+    for email in emails.values():
+        assert set(email) == {
+            "id",
+            "from",
+            "to",
+            "cc",
+            "subject",
+            "date",
+            "snippet",
+            "folder",
+            "has_attachments",
+        }
+        text = json.dumps(email, ensure_ascii=False)
+        text.encode()  # no lone surrogates
+        assert "\x00" not in text
+
+
+async def test_huge_headers_are_neither_downloaded_nor_parsed_whole(server: DovecotServer) -> None:
+    """30,000 recipients and a 200 KB subject of encoded words: the email package takes
+    seconds over such headers, holding up the worker; only their start is needed."""
+    recipients = ", ".join(f"Person {i} <p{i}@example.com>" for i in range(30_000))
+    subject = "Header bomb " + " ".join(["=?utf-8?q?caf=C3=A9?="] * 10_000)
+    data = raw(
+        [
+            "From: Sam <sam@example.com>",
+            f"To: {recipients}",
+            f"Subject: {subject}",
+            "Date: Sat, 10 Jan 2026 09:00:00 +0000",
+        ],
+        b"Small body\r\n",
+    )
+    server.deliver("mallory", "Trash", data, date=at(11))
+    tool = make_tool(server, "mallory")
+    try:
+        started = time.monotonic()
+        (found,) = await search(tool, "", folder="trash")
+        elapsed = time.monotonic() - started
+    finally:
+        await tool.aclose()
+    assert elapsed < 1.5, f"the search took {elapsed:.1f} s"
+    # Adjacent encoded words join without the space between them (RFC 2047).
+    assert found["subject"].startswith("Header bomb cafécafé") and len(found["subject"]) <= 300
+    assert found["to"][:2] == ["Person 0 <p0@example.com>", "Person 1 <p1@example.com>"]
+    assert found["snippet"] == "Small body"
+    session = server.logins("mallory")[-1].session
+    await eventually(lambda: server.bytes_sent(session) is not None)
+    sent = server.bytes_sent(session)
+    assert sent is not None and sent < 150_000, sent  # of headers over 1 MB
+
+
+async def test_a_full_result_fits_a_tool_result(server: DovecotServer) -> None:
+    """100 emails with long subjects, names and snippets: the JSON stays under the 100,000
+    characters where the activity would cut it mid-value."""
+    long_name = "Quinn Alexandra Montgomery-Fitzgerald of the Department of Extremely Long Names"
+    mail = [
+        (
+            bytes(
+                message(
+                    f"{n:03d} " + "Quarterly planning and budget review for every team " * 6,
+                    date=at(1, month=2) + timedelta(minutes=n),
+                    sender=f'"{long_name} {n}" <q{n}.{"x" * 40}@example.com>',
+                    to=", ".join(f'"{long_name} {i}" <r{i}@example.com>' for i in range(10)),
+                    cc=", ".join(f'"{long_name} {i}" <c{i}@example.com>' for i in range(10)),
+                    text="Please read the attached plan before Friday's meeting. " * 10,
+                )
+            ),
+            at(1, month=2) + timedelta(minutes=n),
+        )
+        for n in range(100)
+    ]
+    server.deliver_many("bulk", "INBOX", mail)
+    tool = make_tool(server, "bulk")
+    try:
+        result = await tool.run({"query": "", "limit": 100}, CONTEXT)
+    finally:
+        await tool.aclose()
+    assert len(json.dumps(result, ensure_ascii=False)) < 100_000
+    emails = result["emails"]
+    assert len(emails) >= 50 and emails[0]["subject"].startswith("099 Quarterly")  # the newest first
+    assert emails[0]["from"].startswith(f"{long_name} 99 <q99.")
+
+
+@pytest.mark.parametrize("user", ["racer", "old_racer"])
+async def test_mail_arriving_during_a_search_is_not_taken_for_a_match(
+    server: DovecotServer, user: str, monkeypatch: Any
+) -> None:
+    """New mail makes the server announce `* N EXISTS` (and `* N RECENT`) with the next
+    command's answer; those counts are not UIDs of matches."""
+    server.deliver_many(
+        user,
+        "INBOX",
+        [
+            (bytes(message("Alpha report", date=at(1), text="first")), at(1)),
+            (bytes(message("Beta notes", date=at(2), text="second")), at(2)),
+            (bytes(message("Gamma report", date=at(3), text="third")), at(3)),
+        ],
+    )
+    examine = ImapSession.examine
+
+    async def examine_then_deliver(session: ImapSession, mailbox: str) -> int:
+        uidvalidity = await examine(session, mailbox)
+        arrival = bytes(message("Delta unrelated", date=at(4), text="fourth"))
+        await asyncio.to_thread(server.deliver, user, "INBOX", arrival, date=at(4))
+        return uidvalidity
+
+    monkeypatch.setattr(ImapSession, "examine", examine_then_deliver)
+    tool = make_tool(server, user)
+    try:
+        assert subjects(await search(tool, "report")) == ["Gamma report", "Alpha report"]
+    finally:
+        await tool.aclose()
+
+
+async def test_a_search_ends_within_its_deadline(server: DovecotServer, monkeypatch: Any) -> None:
+    """Each command has its own timeout; the search as a whole has one too, so a server that
+    stalls cannot keep the tool busy past the activity's own limit."""
+    monkeypatch.setattr(tools.imap, "SEARCH_DEADLINE", 1.0)
+    tool = make_tool(server)
+    before = len(server.logins("alice"))
+    try:
+        assert len(await search(tool, "budget")) == 4
+        await eventually(lambda: len(server.logins("alice")) == before + 1)
+        frozen = server.logins("alice")[-1].pid
+        os.kill(frozen, signal.SIGSTOP)  # the kept session's server process stops answering
+        try:
+            started = time.monotonic()
+            with pytest.raises(ToolTemporarilyFailed, match="took longer than 1s"):
+                await search(tool, "budget")
+            assert time.monotonic() - started < 3  # not the 10 s command timeout
+        finally:
+            os.kill(frozen, signal.SIGCONT)
+        assert len(await search(tool, "budget")) == 4  # a new session serves the next search
+    finally:
+        await tool.aclose()
+
+
+class FloodingImapServer:
+    """A loopback IMAP server that logs anyone in and answers SEARCH with `flood` bytes."""
+
+    def __init__(self, flood: bytes) -> None:
+        self.flood = flood
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> "FloodingImapServer":
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1] flooding server ready\r\n")
+        try:
+            while line := await reader.readline():
+                tag, _, rest = line.rstrip(b"\r\n").partition(b" ")
+                literal = re.search(rb"\{(\d+)\}$", rest)
+                if literal:  # the password
+                    writer.write(b"+ go on\r\n")
+                    await reader.readexactly(int(literal.group(1)) + 2)
+                command = rest.split(b" ")[0].upper()
+                if command == b"CAPABILITY":
+                    writer.write(b"* CAPABILITY IMAP4rev1\r\n")
+                elif command == b"EXAMINE":
+                    writer.write(b"* 1 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n")
+                elif command == b"UID" and b"SEARCH" in rest:
+                    writer.write(self.flood)
+                elif command not in (b"LOGIN", b"LOGOUT", b"NOOP"):
+                    writer.write(tag + b" BAD not here\r\n")
+                    continue
+                writer.write(tag + b" OK done\r\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize(
+    "flood",
+    [
+        b"* SEARCH " + b"1 " * 10_000_000 + b"\r\n",  # one 20 MB line
+        b"* SEARCH {20000000}\r\n" + b"1 " * 10_000_000 + b"\r\n",  # a 20 MB literal
+    ],
+    ids=["line", "literal"],
+)
+async def test_an_oversized_answer_is_refused(server: DovecotServer, flood: bytes) -> None:
+    async with FloodingImapServer(flood) as flooding:
+        tool = make_tool(server, imap_port=flooding.port, imap_tls="none")
+        try:
+            started = time.monotonic()
+            with pytest.raises(ToolFailed) as failed:
+                await search(tool, "")
+            assert time.monotonic() - started < 5
+        finally:
+            await tool.aclose()
+    assert failed.value.code == "imap_response_too_large"
+    assert "MiB" in failed.value.message
+
+
+def test_hostile_server_data_is_read_without_raising() -> None:
+    """What Dovecot never sends: NUL bytes in a line, a BODYSTRUCTURE thousands of levels deep."""
+    assert parse_records([b"* 1 FETCH (UID 5 X\x00abc FLAGS (\x001\x00))"]) == [
+        ["1", "FETCH", ["UID", "5", "Xabc", "FLAGS", ["1"]]]
+    ]
+    deep: list[Any] = ["text", "plain", None, None, None, "7bit", "1"]
+    for _ in range(5000):
+        deep = [deep, "mixed"]
+    assert read_structure(deep) == Structure(None, False)
 
 
 def test_schema() -> None:

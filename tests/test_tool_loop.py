@@ -92,3 +92,57 @@ async def test_ungated_calls_run_in_parallel_and_feed_the_next_step(pool, tempor
     told = [m for m in model.requests(tag)[-1].body["messages"] if m["role"] == "tool"]
     assert sorted(m["tool_call_id"] for m in told) == ["call_0", "call_1", "call_2", "call_fail"]
     assert log[-1]["type"] == "complete" and log[-1]["content"] == "echoed"
+
+
+class Hostile:
+    """A tool whose result holds what jsonb cannot store, beside text that only looks like it."""
+
+    spec = ToolSpec(
+        name="hostile",
+        description="Return awkward text.",
+        input_schema={"type": "object", "properties": {}, "additionalProperties": False},
+    )
+
+    def check(self, arguments: dict[str, Any]) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def run(self, arguments: dict[str, Any], context: ToolContext) -> Any:
+        return {"path": "C:\\u0000dir", "nul": "a\x00b", "lone": "x\ud800y", "k\x00ey": ["\udfff"]}
+
+
+async def test_a_result_is_stored_without_nul_or_lone_surrogates_and_nothing_else_changes(
+    pool, temporal, settings, model, user
+):
+    tag = marker()
+    model.script(
+        tag,
+        [
+            {"kind": "tool_calls", "tool_calls": [{"id": "call_h", "name": "hostile", "arguments": {}}]},
+            {"kind": "reply", "content": "ok"},
+        ],
+    )
+    conv = await conversations.create(
+        pool, user_id=user.id, title=None, system_prompt=None, model=None, tools=None, metadata={}
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        started = await turns.start_turn(conn, user_id=user.id, conversation_id=conv.id, content=tag)
+    assert started is not None
+    turn = started[1]
+    local = settings.model_copy(update={"temporal_task_queue": f"loop-{uuid.uuid4().hex[:8]}"})
+    async with build_worker(temporal, pool, local, ToolRegistry([Hostile()])):
+        outcome = await temporal.execute_workflow(
+            WORKFLOW_NAME,
+            turn_input(turn_id=turn.id, conversation_id=conv.id, user_id=user.id, settings=local),
+            id=turn.id,
+            task_queue=local.temporal_task_queue,
+            result_type=TurnOutcome,
+        )
+    assert outcome.status == "completed"
+    log = await events.read_after(pool, turn_id=turn.id, after=0)
+    result = next(e for e in log if e["type"] == "tool_result")
+    assert result["status"] == "ok"
+    # A backslash followed by "u0000" is text, kept as it is; NUL goes, lone surrogates become U+FFFD.
+    assert result["result"] == {"path": "C:\\u0000dir", "nul": "ab", "lone": "x\ufffdy", "key": ["\ufffd"]}

@@ -1,14 +1,19 @@
 """web_search against a real HTTP server on loopback speaking SearxNG's and Serper's wire
 formats: normalised results, the request each backend receives, and every way a search fails."""
 
+import base64
 import json
+import logging
 import time
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
+from activities.tools import MAX_RESULT_CHARS
 from core.config import Settings
 from core.errors import ConfigurationError
 from devstack import free_port
@@ -335,7 +340,7 @@ async def test_bad_answers_are_bad_response(
     assert len(server.received) == 1
 
 
-async def test_searxng_with_every_engine_failing_is_temporary(
+async def test_searxng_finding_nothing_while_engines_failed_says_so_at_once(
     server: SearchServer, make_tool: ToolFactory
 ) -> None:
     server.answer_next(
@@ -353,8 +358,10 @@ async def test_searxng_with_every_engine_failing_is_temporary(
             },
         )
     )
-    with pytest.raises(ToolTemporarilyFailed, match="google CAPTCHA; duckduckgo timeout"):
+    with pytest.raises(ToolFailed, match="google CAPTCHA; duckduckgo timeout") as failed:
         await make_tool("searxng").run({"query": "python"}, CONTEXT)
+    assert failed.value.code == "search_failed"
+    assert len(server.received) == 1, "told at once, not retried"
 
 
 async def test_unreachable_and_slow_backends_are_temporary(
@@ -420,3 +427,65 @@ async def test_aclose_is_safe_before_and_after_use(server: SearchServer) -> None
     # A closed tool opens a new pool when used again (a worker restarting its tools).
     assert len((await tool.run({"query": "python", "num_results": 1}, CONTEXT))["results"]) == 1
     await tool.aclose()
+
+
+async def test_a_password_in_search_url_is_sent_but_never_logged(
+    server: SearchServer, make_tool: ToolFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = f"http://searcher:pw-7f3a9c@127.0.0.1:{server.port}"
+    result = await make_tool("searxng", search_url=url).run({"query": "python", "num_results": 1}, CONTEXT)
+    assert len(result["results"]) == 1
+    sent = base64.b64encode(b"searcher:pw-7f3a9c").decode()
+    assert server.received[0].headers["authorization"] == f"Basic {sent}"
+    assert caplog.records  # httpx does log each request
+    assert "pw-7f3a9c" not in caplog.text and sent not in caplog.text
+
+
+def _gzip_of_spaces(megabytes: int) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    block = b" " * (1 << 20)
+    return b"".join(packer.compress(block) for _ in range(megabytes)) + packer.flush()
+
+
+async def test_a_compressed_answer_is_inflated_within_the_cap(
+    server: SearchServer, make_tool: ToolFactory
+) -> None:
+    """A backend may compress although asked not to; 256 MB of gzip'd spaces is 256 KB on the wire."""
+    server.answer_next(Canned(200, _gzip_of_spaces(256), headers={"Content-Encoding": "gzip"}))
+    tool = make_tool("searxng")
+    tracemalloc.start()
+    try:
+        failure = await _fails(tool, {"query": "python"})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert failure.code == "search_bad_response" and "more than 2 MB" in failure.message
+    assert peak < 16 * 2**20
+
+    packed = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    answer = json.dumps({"results": [{"url": "https://gz.example.org/", "title": "Gzipped"}]}).encode()
+    server.answer_next(Canned(200, packed.compress(answer) + packed.flush(), {"Content-Encoding": "gzip"}))
+    [result] = (await tool.run({"query": "python"}, CONTEXT))["results"]
+    assert (result["url"], result["title"]) == ("https://gz.example.org/", "Gzipped")
+
+
+async def test_twenty_results_of_the_longest_kind_still_fit_the_activity(
+    server: SearchServer, make_tool: ToolFactory
+) -> None:
+    """Quotes and backslashes take two characters each in JSON."""
+    organic = [
+        {
+            "title": '"' * 400,
+            "link": f"https://r{n}.example.org/" + '"' * 2000,
+            "snippet": "\\" * 600,
+            "date": '"' * 80,
+            "source": '"' * 200,
+        }
+        for n in range(20)
+    ]
+    server.answer_next(Canned(200, {"organic": organic}))
+    result = await make_tool("serper").run({"query": "python", "num_results": 20}, CONTEXT)
+    _assert_shape(result["results"])
+    assert 5 <= len(result["results"]) < 20
+    assert len(json.dumps(result, ensure_ascii=False)) < MAX_RESULT_CHARS

@@ -6,6 +6,7 @@ result and the turn goes on; `ToolTemporarilyFailed` asks Temporal to retry the 
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -115,14 +116,21 @@ def parse_arguments(raw: str | dict[str, Any]) -> dict[str, Any]:
     return parsed
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _check_storable(value: Any) -> None:
-    """PostgreSQL's jsonb holds no NUL character and no NaN/Infinity; refuse them here, as
+    """PostgreSQL's jsonb holds no NUL character, lone surrogate or NaN/Infinity; refuse them here, as
     the model's mistake, rather than fail every write of the turn after."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str) and "\x00" in item:
             raise InvalidArguments("arguments must not contain the NUL character (U+0000)")
+        if isinstance(item, str) and _LONE_SURROGATE.search(item):
+            raise InvalidArguments(
+                "arguments must be valid Unicode: a lone surrogate (\\ud800-\\udfff) is not"
+            )
         if isinstance(item, float) and not math.isfinite(item):
             raise InvalidArguments("arguments must not contain NaN or Infinity")
         if isinstance(item, dict):

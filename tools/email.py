@@ -37,6 +37,7 @@ from tools.email_message import (
     validate_send_email,
 )
 from tools.netguard import is_loopback_host
+from tools.tls import verifying_context
 
 __all__ = [
     "SEND_EMAIL_DESCRIPTION",
@@ -113,10 +114,7 @@ class SmtpConfig:
         """A context verifying the certificate and host name, trusting SMTP_CA_FILE or the system CAs."""
         if self.tls == "none":
             return None
-        try:
-            return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
-        except (OSError, ssl.SSLError) as err:
-            raise ConfigurationError(f"SMTP_CA_FILE {self.ca_file} cannot be used: {err}") from err
+        return verifying_context(self.ca_file, "SMTP_CA_FILE")
 
 
 class EmailSender:

@@ -6,10 +6,11 @@ socket is opened to a checked address. Redirects are followed here, one hop at a
 checked when its connection opens. Proxy variables are ignored: a proxy would make the
 connection, and the address check, somewhere else.
 
-The body is read raw and decompressed here, in bounded steps, so that FETCH_MAX_BYTES caps
-what the page expands to and not only what crosses the wire. HTML is reduced to its main text
-by trafilatura, in a thread (it is CPU-bound and the worker's heartbeats share the event loop);
-other text passes through; anything else is refused before its body is read.
+The body is read within FETCH_MAX_BYTES, decompressed in bounded steps, and turned into text
+by tools/page_text.py, in a thread (extraction is CPU-bound and the worker's heartbeats share
+the event loop). HTML is reduced to its main text; other text passes through; anything else is
+refused before its body is read. A result stays under the activity's cut whatever the page
+holds: `content` is shortened until its JSON fits.
 
 Every HTTP answer is a result with its status (a 404 page is information), except 502, 503
 and 504, which ask for another attempt. `word_count` counts the whole text that was read, even
@@ -17,18 +18,14 @@ when `content` is cut to `max_length`. Page text is untrusted data and is return
 """
 
 import asyncio
-import codecs
-import re
+import json
 import ssl
 import zlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import charset_normalizer
 import httpx
 import structlog
-import trafilatura
-from trafilatura.settings import Document
 
 from core.config import Settings
 from tools.base import ToolContext, ToolFailed, ToolSpec, ToolTemporarilyFailed
@@ -38,21 +35,23 @@ from tools.netguard import (
     AddressPolicy,
     GuardedTransport,
     HostNotFound,
+    LookupFailed,
     Resolver,
-    any_address,
+    private_networks,
     public_only,
     system_resolver,
 )
+from tools.page_text import UnsupportedEncoding, page_text, read_capped
 
 log = structlog.get_logger(__name__)
 
 MAX_REDIRECTS = 5
 DEFAULT_MAX_LENGTH = 20_000
-# Results are cut at 100,000 characters of JSON; escaping can nearly double page text.
 MAX_LENGTH_LIMIT = 50_000
 MAX_URL_LENGTH = 4096
-_MAX_TITLE = 500
-_MAX_DESCRIPTION = 1000
+# The activity cuts a result's JSON at 100,000 characters (activities/tools.py), which would
+# leave the model broken JSON; escaping can double page text, so the JSON is measured.
+_MAX_RESULT_CHARS = 95_000
 
 FETCH_PAGE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -95,10 +94,6 @@ _TEXT_APPLICATION_TYPES = {
     "application/x-yaml",
     "application/x-ndjson",
 }
-# What a page labelled Latin-1 or ASCII really is, as browsers read it (WHATWG Encoding).
-_BROWSER_CHARSETS = {"iso8859-1": "cp1252", "ascii": "cp1252"}
-_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([a-z0-9_.:-]+)""", re.IGNORECASE)
-_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _HEADERS = {
     "User-Agent": "Mozilla/5.0 (compatible; durable-assistant fetch_page)",
     "Accept": "text/html,application/xhtml+xml,text/plain;q=0.9,*/*;q=0.5",
@@ -137,6 +132,12 @@ class FetchPageTool:
         self._timeout = timeout
         self._max_bytes = max_bytes
         self._guard = AddressGuard(policy, resolver)
+        self._refusal_hint = (
+            "fetch_page never reaches the cloud platform's own services"
+            if policy is private_networks
+            else "fetch_page only reaches public internet addresses (an operator can allow private "
+            "networks with FETCH_ALLOW_PRIVATE_NETWORKS=true)"
+        )
         self._ssl_context = ssl_context or httpx.create_ssl_context()
 
     @classmethod
@@ -145,7 +146,7 @@ class FetchPageTool:
         return cls(
             timeout=settings.fetch_timeout.total_seconds(),
             max_bytes=settings.fetch_max_bytes,
-            policy=any_address if settings.fetch_allow_private_networks else public_only,
+            policy=private_networks if settings.fetch_allow_private_networks else public_only,
         )
 
     def check(self, arguments: dict[str, Any]) -> None:
@@ -158,17 +159,24 @@ class FetchPageTool:
         url = _web_url(arguments["url"])
         max_length = arguments.get("max_length", DEFAULT_MAX_LENGTH)
         download = await self._download(url)
-        title, description, text = await asyncio.to_thread(_readable, download)
-        return {
+        page = await asyncio.to_thread(
+            page_text,
+            download.body,
+            html=download.kind == "html",
+            charset=download.charset,
+            url=download.final_url,
+        )
+        result = {
             "url": arguments["url"],
             "final_url": download.final_url,
             "status": download.status,
-            "title": title,
-            "description": description,
-            "content": text[:max_length],
-            "word_count": len(text.split()),
-            "truncated": download.capped or len(text) > max_length,
+            "title": page.title,
+            "description": page.description,
+            "content": page.text[:max_length],
+            "word_count": len(page.text.split()),
+            "truncated": download.capped or page.partial or len(page.text) > max_length,
         }
+        return _fitted(result)
 
     async def _download(self, url: httpx.URL) -> _Download:
         try:
@@ -185,13 +193,15 @@ class FetchPageTool:
                 return await self._follow(client, url)
         except AddressNotAllowed as err:
             log.info("fetch refused", host=err.host, address=str(err.address), reason=err.reason)
-            raise ToolFailed(
-                "address_not_allowed",
-                f"{err}; fetch_page only reaches public internet addresses (an operator can allow "
-                "private networks with FETCH_ALLOW_PRIVATE_NETWORKS=true)",
-            ) from err
+            raise ToolFailed("address_not_allowed", f"{err}; {self._refusal_hint}") from err
         except HostNotFound as err:
             raise ToolFailed("host_not_found", f"{err} (no DNS record)") from err
+        except LookupFailed as err:
+            raise ToolTemporarilyFailed(str(err)) from err
+        except UnsupportedEncoding as err:
+            raise ToolFailed(
+                "unsupported_content", f"the page is encoded as {err.encoding!r}, which is not supported"
+            ) from err
         except TimeoutError as err:
             raise ToolTemporarilyFailed(f"{url} did not finish loading within {self._timeout:g}s") from err
         except httpx.TimeoutException as err:
@@ -210,6 +220,8 @@ class FetchPageTool:
             raise ToolFailed("bad_response", f"{host} sent a malformed HTTP response: {err}") from err
         except zlib.error as err:
             raise ToolFailed("bad_response", f"the page's compressed body is corrupt: {err}") from err
+        except UnicodeError as err:  # httpx reads every Location, followed or not; IDNA refused its host
+            raise ToolFailed("unsupported_url", f"the page redirected to an invalid URL: {err}") from err
 
     async def _follow(self, client: httpx.AsyncClient, url: httpx.URL) -> _Download:
         for _ in range(MAX_REDIRECTS + 1):
@@ -228,7 +240,7 @@ class FetchPageTool:
         kind = _kind(media_type)
         if kind == "binary":
             raise _unsupported(media_type)
-        body, capped = await _read_capped(response, self._max_bytes)
+        body, capped = await read_capped(response, self._max_bytes)
         if kind == "unknown":
             kind = _sniff(body)
             if kind == "binary":
@@ -241,21 +253,36 @@ class FetchPageTool:
 def _web_url(text: str) -> httpx.URL:
     try:
         url = httpx.URL(text)
-    except httpx.InvalidURL as err:
+        host = url.host  # decoded from IDNA, which refuses a malformed A-label such as "xn--"
+    except (httpx.InvalidURL, UnicodeError) as err:  # UnicodeError: also a lone surrogate
         raise ToolFailed("unsupported_url", f"{text[:200]!r} is not a valid URL: {err}") from err
-    if url.scheme not in ("http", "https") or not url.host:
+    if url.scheme not in ("http", "https") or not host:
         raise ToolFailed("unsupported_url", f"only http and https URLs can be fetched, not {text[:200]!r}")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ToolFailed(
+            "unsupported_url", f"{text[:200]!r} names port {url.port}, which no server listens on"
+        )
+    if len(str(url)) > MAX_URL_LENGTH:
+        raise ToolFailed("unsupported_url", f"the URL is over {MAX_URL_LENGTH} characters once encoded")
     return url
 
 
 def _redirect_target(current: httpx.URL, location: str) -> httpx.URL:
     try:
-        target = current.join(location)
-    except httpx.InvalidURL as err:
+        target = str(current.join(location))
+    except (httpx.InvalidURL, UnicodeError) as err:
         raise ToolFailed("unsupported_url", f"the page redirected to an invalid URL: {err}") from err
-    if len(str(target)) > MAX_URL_LENGTH:
-        raise ToolFailed("unsupported_url", f"the page redirected to a URL over {MAX_URL_LENGTH} characters")
-    return _web_url(str(target))
+    return _web_url(target)
+
+
+def _fitted(result: dict[str, Any]) -> dict[str, Any]:
+    """The result with `content` shortened until its JSON is under _MAX_RESULT_CHARS."""
+    excess = len(json.dumps(result, ensure_ascii=False)) - _MAX_RESULT_CHARS
+    if excess > 0:
+        # Every character takes at least one in JSON, so cutting `excess` of them is enough.
+        result["content"] = result["content"][: max(0, len(result["content"]) - excess)]
+        result["truncated"] = True
+    return result
 
 
 def _failed_host(err: httpx.RequestError, first: httpx.URL) -> str:
@@ -304,88 +331,3 @@ def _unsupported(what: str) -> ToolFailed:
         "unsupported_content",
         f"the URL serves {what}, not a web page or text; fetch_page reads HTML and text only",
     )
-
-
-async def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
-    """At most `limit` bytes of the decoded body, and whether there was more."""
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
-        inflate = None
-    elif encoding in ("gzip", "x-gzip", "deflate"):
-        inflate = zlib.decompressobj(zlib.MAX_WBITS | (16 if "gzip" in encoding else 0))
-    else:
-        raise ToolFailed(
-            "unsupported_content", f"the page is encoded as {encoding!r}, which is not supported"
-        )
-    body = bytearray()
-    async for chunk in response.aiter_raw():
-        # A bounded step: a small compressed chunk must not expand past the cap in memory.
-        data = chunk if inflate is None else inflate.decompress(chunk, limit + 1 - len(body))
-        body += data
-        if len(body) > limit:
-            return bytes(body[:limit]), True
-    return bytes(body), False
-
-
-def _readable(download: _Download) -> tuple[str | None, str | None, str]:
-    """Title, description and text of a download (CPU-bound: run it in a thread)."""
-    text = _decode(download)
-    title = description = None
-    if download.kind == "html":
-        title, description, text = _html_text(text, download.final_url)
-    return _clean(title, _MAX_TITLE), _clean(description, _MAX_DESCRIPTION), _clean(text) or ""
-
-
-def _decode(download: _Download) -> str:
-    body = download.body
-    if body.startswith(codecs.BOM_UTF8):
-        return body[len(codecs.BOM_UTF8) :].decode("utf-8", "replace")
-    charset = _known_charset(download.charset)
-    if charset is None and download.kind == "html":
-        declared = _META_CHARSET.search(body[:4096])
-        charset = _known_charset(declared[1].decode("ascii") if declared else None)
-    if charset is None:
-        try:
-            # Not final: a body cut by the cap may end inside a character.
-            return codecs.getincrementaldecoder("utf-8")().decode(body, final=False)
-        except UnicodeDecodeError:
-            guess = charset_normalizer.from_bytes(body).best()
-            charset = guess.encoding if guess is not None else "utf-8"
-    try:
-        return body.decode(charset, "replace")
-    except (LookupError, UnicodeError):  # a codec such as idna, which refuses "replace"
-        return body.decode("utf-8", "replace")
-
-
-def _known_charset(name: str | None) -> str | None:
-    """A text encoding Python knows by that name; not a codec like rot13 or base64."""
-    if not name:
-        return None
-    try:
-        canonical = codecs.lookup(name).name
-        b"".decode(canonical)
-    except (LookupError, UnicodeError):
-        return None
-    return _BROWSER_CHARSETS.get(canonical, canonical)
-
-
-def _html_text(html: str, url: str) -> tuple[str | None, str | None, str]:
-    """trafilatura's main text and metadata; all visible text when it finds no main content."""
-    try:
-        document = trafilatura.bare_extraction(html, url=url, with_metadata=True, include_comments=False)
-    except Exception:  # hostile markup must not fail the call: fall back to plain text
-        log.warning("page extraction failed", url=url, exc_info=True)
-        document = None
-    if isinstance(document, Document) and document.text:
-        return document.title, document.description, document.text
-    metadata = trafilatura.extract_metadata(html) if html.strip() else None
-    text = trafilatura.html2txt(html) if html.strip() else ""
-    return (metadata.title, metadata.description, text) if metadata else (None, None, text)
-
-
-def _clean(text: str | None, limit: int | None = None) -> str | None:
-    """Text without control characters (jsonb and terminals refuse them), cut to `limit`."""
-    if text is None:
-        return None
-    cleaned = _CONTROL_CHARS.sub("", text.replace("\r\n", "\n"))
-    return cleaned[:limit] if limit else cleaned

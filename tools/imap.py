@@ -12,8 +12,7 @@ notices a dropped connection only when a command times out. So commands go throu
 - races each command against the connection's loss and the configured timeout;
 - upgrades a plain connection with `loop.start_tls` after STARTTLS, then asks for the
   capabilities again (those sent before TLS could have been forged).
-The protocol subclass also replaces aioimaplib's recursive line loop with the same loop
-written iteratively (see `_Protocol._handle_responses`).
+The protocol's own patches are in tools/imap_protocol.py.
 
 `ImapClient` keeps one logged-in session per tool and lends it to one search at a time.
 """
@@ -33,8 +32,10 @@ from pydantic import SecretStr
 
 from core.config import Settings
 from core.errors import ConfigurationError
+from tools.imap_protocol import MAX_RESPONSE_BYTES, ImapProtocol, astring, wire
 from tools.mail_parse import as_text, fetch_attributes, parse_internaldate, parse_records
 from tools.netguard import is_loopback_host
+from tools.tls import verifying_context
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +45,9 @@ _DEFAULT_PORTS: dict[str, int] = {"ssl": 993, "starttls": 143, "none": 143}
 # A kept session idle longer than this is checked with NOOP (short timeout) before use.
 _PROBE_AFTER_IDLE = 60.0
 _PROBE_TIMEOUT = 5.0
+# Every command has its own timeout, but a search runs a dozen or more: the whole search,
+# waiting for the one before it included, ends before the tool activity's 2-minute limit.
+SEARCH_DEADLINE = 100.0
 _MAX_SERVER_TEXT = 300
 # Response codes (RFC 5530) that mean "try again later", not "this is wrong".
 _TRANSIENT_CODES = {"UNAVAILABLE", "INUSE", "LIMIT"}
@@ -94,6 +98,12 @@ class ImapCommandFailed(ImapError):
         self.server_text = server_text
 
 
+class ImapResponseTooLarge(ImapError):
+    """The server sent more in answer to one command than any search needs (MAX_RESPONSE_BYTES)."""
+
+    code = "imap_response_too_large"
+
+
 class FolderNotFound(ImapError):
     """The mailbox has no folder for the requested role (sent, drafts, trash)."""
 
@@ -141,10 +151,7 @@ class ImapConfig:
         """A context verifying the certificate and host name, trusting IMAP_CA_FILE or the system CAs."""
         if self.tls == "none":
             return None
-        try:
-            return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
-        except (OSError, ssl.SSLError) as err:
-            raise ConfigurationError(f"IMAP_CA_FILE {self.ca_file} cannot be used: {err}") from err
+        return verifying_context(self.ca_file, "IMAP_CA_FILE")
 
 
 @dataclass(frozen=True)
@@ -188,67 +195,10 @@ def _leaf(mailbox: Mailbox) -> str:
     return mailbox.name.rsplit(mailbox.delimiter, 1)[-1] if mailbox.delimiter else mailbox.name
 
 
-class _Protocol(aioimaplib.IMAP4ClientProtocol):
-    """aioimaplib's protocol, telling when the connection is gone and sending literal data."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop)
-        self.lost = asyncio.Event()
-        # What to send after each `+` continuation of the running command (see `_wire`).
-        self.continuations: list[bytes] = []
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost.set()
-        super().connection_lost(exc)
-
-    def _continuation(self, line: bytes) -> None:
-        if self.continuations and self.transport is not None:
-            self.transport.write(self.continuations.pop(0))
-        else:
-            super()._continuation(line)
-
-    def _handle_responses(
-        self,
-        data: bytes,
-        line_handler: Callable[[bytes, aioimaplib.Command | None], aioimaplib.Command | None],
-        current_cmd: aioimaplib.Command | None = None,
-    ) -> None:
-        """aioimaplib's own loop over the received lines, without its recursion per line: that
-        overflows Python's stack (RecursionError, connection lost) when one read from the socket
-        holds about a thousand lines, as a LIST of a big account can. Same steps, same order."""
-        pos = 0
-        while True:
-            if pos >= len(data):
-                if self.pending_sync_command is not None:
-                    self.pending_sync_command.flush()
-                if current_cmd is not None and current_cmd.wait_data():
-                    raise aioimaplib.IncompleteRead(current_cmd)
-                return
-            if current_cmd is not None and current_cmd.wait_literal_data():
-                data, pos = current_cmd.append_literal_data(data[pos:]), 0
-                if current_cmd.wait_literal_data():
-                    raise aioimaplib.IncompleteRead(current_cmd)
-            end = data.find(aioimaplib.CRLF, pos)
-            if end < 0:
-                raise aioimaplib.IncompleteRead(current_cmd, data[pos:])
-            line, pos = data[pos:end], end + len(aioimaplib.CRLF)
-            cmd = line_handler(line, current_cmd)
-            begin_literal = aioimaplib.literal_data_re.match(line)
-            if begin_literal:
-                if cmd is None:
-                    cmd = aioimaplib.Command("NIL", "unused")
-                cmd.begin_literal_data(int(begin_literal.group("size")))
-                current_cmd = cmd
-            elif cmd is not None and cmd.wait_data():
-                current_cmd = cmd
-            else:
-                current_cmd = None
-
-
 class ImapSession:
     """One connected, logged-in IMAP session; callers run one command at a time."""
 
-    def __init__(self, config: ImapConfig, protocol: _Protocol) -> None:
+    def __init__(self, config: ImapConfig, protocol: ImapProtocol) -> None:
         self.config = config
         self.capabilities: frozenset[str] = frozenset()
         self._protocol = protocol
@@ -263,7 +213,7 @@ class ImapSession:
         try:
             async with asyncio.timeout(config.timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: _Protocol(loop),
+                    lambda: ImapProtocol(loop),
                     config.host,
                     config.port,
                     ssl=tls_context if config.tls == "ssl" else None,
@@ -317,7 +267,7 @@ class ImapSession:
         NO and BAD answers raise ImapCommandFailed (ImapUnavailable for "try later" codes).
         """
         protocol = self._protocol
-        line, continuations = _wire(args)
+        line, continuations = wire(args)
         line_args = (line,) if line else ()
         prefix = "UID" if uid else None
         command = (
@@ -325,7 +275,7 @@ class ImapSession:
             if name == "FETCH"
             else aioimaplib.Command(name, protocol.new_tag(), *line_args, prefix=prefix, loop=protocol.loop)
         )
-        protocol.continuations = continuations
+        protocol.start_command(continuations)
         try:
             response = await self._race(protocol.execute(command), name, within=within)
         finally:
@@ -355,7 +305,7 @@ class ImapSession:
     async def examine(self, mailbox: str) -> int:
         """Select the mailbox read-only (nothing can change it); its UIDVALIDITY."""
         try:
-            response = await self.command("EXAMINE", _astring(mailbox))
+            response = await self.command("EXAMINE", astring(mailbox))
         except ImapCommandFailed:
             self._protocol.state = aioimaplib.AUTH  # a failed EXAMINE leaves no mailbox selected
             self._mailboxes = None  # it may have been deleted or renamed: list again next time
@@ -417,6 +367,11 @@ class ImapSession:
         if task in done:
             return task.result()
         self.close()
+        if self._protocol.oversized:
+            raise ImapResponseTooLarge(
+                f"the IMAP server at {self.config.where} answered {what} with more than"
+                f" {MAX_RESPONSE_BYTES // (1024 * 1024)} MiB; the connection was closed"
+            )
         if lost in done:
             raise ImapUnavailable(f"the IMAP server at {self.config.where} closed the connection ({what})")
         raise ImapUnavailable(
@@ -444,7 +399,7 @@ class ImapSession:
             )
         password = self.config.password.get_secret_value().encode()
         try:
-            await self.command("LOGIN", _astring(self.config.user), password)
+            await self.command("LOGIN", astring(self.config.user), password)
         except ImapCommandFailed as err:
             raise ImapAuthFailed(
                 f"the IMAP server at {self.config.where} refused the login of {self.config.user!r}:"
@@ -493,6 +448,20 @@ class ImapClient:
         self._lock = asyncio.Lock()
 
     async def run(self, operation: Callable[[ImapSession], Awaitable[T]]) -> T:
+        """`operation` on the kept session, waiting for the one before; within SEARCH_DEADLINE."""
+        deadline = asyncio.timeout(SEARCH_DEADLINE)
+        try:
+            async with deadline:
+                return await self._run(operation)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise ImapUnavailable(
+                f"the search on the IMAP server at {self.config.where} took longer than"
+                f" {SEARCH_DEADLINE:g}s (a slow or busy server) and was abandoned"
+            ) from None
+
+    async def _run(self, operation: Callable[[ImapSession], Awaitable[T]]) -> T:
         async with self._lock:
             session, reused = await self._ready_session()
             try:
@@ -550,36 +519,6 @@ def _connect_error(config: ImapConfig, err: BaseException) -> ImapError:
     if isinstance(err, OSError):
         return ImapUnavailable(f"cannot connect to the IMAP server at {where}: {err.strerror or err}")
     return ImapUnavailable(f"the IMAP server at {where} failed: {type(err).__name__}: {err}")
-
-
-def _wire(args: Sequence[str | bytes]) -> tuple[str, list[bytes]]:
-    """The command line up to the first literal, and what follows each `+` continuation.
-
-    `("TEXT", b"x y", "ALL")` → `"TEXT {3}"` and `[b"x y ALL\\r\\n"]`.
-    """
-    line = ""
-    continuations: list[bytes] = []
-    pending: bytes | None = None
-    for arg in args:
-        text = f"{{{len(arg)}}}" if isinstance(arg, bytes) else arg
-        if pending is None:
-            line = f"{line} {text}" if line else text
-        else:
-            pending += b" " + text.encode()
-        if isinstance(arg, bytes):
-            if pending is not None:
-                continuations.append(pending + b"\r\n")
-            pending = arg
-    if pending is not None:
-        continuations.append(pending + b"\r\n")
-    return line, continuations
-
-
-def _astring(value: str) -> str | bytes:
-    """A quoted string when safe, else a literal (non-ASCII or control characters)."""
-    if value.isascii() and value.isprintable():
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return value.encode()
 
 
 def _numbers(response: aioimaplib.Response) -> list[int]:

@@ -6,7 +6,10 @@ part to read (the first text/plain that is not an attachment, else the first suc
 text/html), its transfer encoding and charset, and whether the message has attachments.
 
 Everything here comes from strangers' mail: decoding never raises, control and invisible
-formatting characters are dropped, and every string is bounded.
+formatting characters are dropped, and every string is bounded. Each header field is
+fetched on its own, at most FIELD_WINDOW bytes (a huge To cannot push the Subject out), and
+cut to FIELD_CHARS before the email package parses it, which takes seconds over a field of
+thousands of addresses or encoded words.
 
 The IMAP response data itself (FETCH and LIST answers as aioimaplib hands them over: lines,
 with literal data apart) is read into token trees at the end of this module.
@@ -39,7 +42,10 @@ ADDRESSES_PER_FIELD = 10
 # kilobytes of CSS before the first visible word.
 PLAIN_WINDOW = 4096
 HTML_WINDOW = 32768
-HEADER_FIELDS = "FROM TO CC SUBJECT DATE"
+HEADER_FIELDS = ("FROM", "TO", "CC", "SUBJECT", "DATE")
+# Enough for ADDRESSES_PER_FIELD addresses or a subject of SUBJECT_CHARS, however encoded.
+FIELD_CHARS = 4096
+FIELD_WINDOW = 4 * FIELD_CHARS  # bytes: UTF-8 takes up to 4 a character
 
 # Elements that start a new line when shown; their text must not run into the next one's.
 _BLOCK_TAGS = frozenset(
@@ -51,6 +57,10 @@ _BLOCK_TAGS = frozenset(
 )  # fmt: skip
 _INVISIBLE_TAGS = ("head", "script", "style", "noscript", "template", "title", "svg")
 _XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*>", re.IGNORECASE)
+# Characters libxml2 refuses in a document (every C0 control but tab and line breaks).
+_XML_INCOMPATIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# An address as it appears in any header, for when no parser makes sense of the field.
+_ADDR_SPEC = re.compile(r"[^\s<>()\[\],;:\"]+@[^\s<>()\[\],;:\"]+")
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,7 @@ def read_structure(bodystructure: Any) -> Structure:
     """The snippet's part and whether there are attachments, from a parsed BODYSTRUCTURE."""
     try:
         return _read_structure(bodystructure)
-    except (AttributeError, IndexError, TypeError, ValueError):  # a structure we cannot read
+    except (AttributeError, IndexError, TypeError, ValueError, RecursionError):  # one we cannot read
         return Structure(None, False)
 
 
@@ -169,12 +179,20 @@ def decode_part(data: bytes, part: TextPart) -> str:
         raw = quopri.decodestring(data)
     else:
         raw = data
-    try:
-        decoder = codecs.getincrementaldecoder(part.charset or "utf-8")(errors="replace")
-    except LookupError:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     # Not final when cut off: a character split at the end is left out rather than mangled.
-    return str(decoder.decode(raw, final=complete))
+    return _decode_text(raw, part.charset, final=complete)
+
+
+def _decode_text(raw: bytes, charset: str, *, final: bool) -> str:
+    """`raw` in `charset` when that names a text encoding which can decode it, else as UTF-8."""
+    try:
+        # LookupError for unknown names, and for codecs that are no text encodings (bz2, zlib,
+        # rot13), which would decompress or transform instead of decoding.
+        b"".decode(charset or "utf-8")
+        decoder = codecs.getincrementaldecoder(charset or "utf-8")(errors="replace")
+        return str(decoder.decode(raw, final=final))
+    except Exception:  # codecs raise as they like: idna refuses "replace", "undefined" always fails
+        return str(codecs.getincrementaldecoder("utf-8")(errors="replace").decode(raw, final=final))
 
 
 def snippet(text: str, *, html: bool) -> str:
@@ -189,8 +207,9 @@ def html_to_text(markup: str) -> str:
     # huge_tree lifts libxml2's nesting limit (256), under which a deeper page reads as empty;
     # the input is a fetched window of at most HTML_WINDOW bytes, so nothing grows unbounded.
     parser = lxml.html.HTMLParser(huge_tree=True)
+    markup = _XML_INCOMPATIBLE.sub(" ", _XML_DECLARATION.sub("", markup, count=1))
     try:
-        root = lxml.html.document_fromstring(_XML_DECLARATION.sub("", markup, count=1), parser=parser)
+        root = lxml.html.document_fromstring(markup, parser=parser)
     except (ParserError, ValueError):
         return ""
     for element in list(root.iter(*_INVISIBLE_TAGS)):
@@ -234,10 +253,22 @@ class Headers:
     date: datetime | None
 
 
+def header_fetch_items() -> str:
+    """The FETCH items that read HEADER_FIELDS: a partial BODY.PEEK of each field alone."""
+    return " ".join(f"BODY.PEEK[HEADER.FIELDS ({name})]<0.{FIELD_WINDOW}>" for name in HEADER_FIELDS)
+
+
+def header_block(fields: Sequence[bytes]) -> bytes:
+    """The fields fetched one by one, as one header block for parse_headers."""
+    lines = (field.rstrip(b"\r\n") for field in fields)  # each ends with the blank line ending a header
+    return b"".join(line + b"\r\n" for line in lines if line)
+
+
 def parse_headers(raw: bytes) -> Headers:
     """The fetched FROM/TO/CC/SUBJECT/DATE fields, RFC 2047 words decoded."""
     # Raw 8-bit header text is taken as UTF-8 (RFC 6532); anything else cannot be known.
-    message = HeaderParser(policy=email.policy.default).parsestr(raw.decode("utf-8", "replace"))
+    # compat32 only splits the fields; each is parsed below, once cut to FIELD_CHARS.
+    message = HeaderParser(policy=email.policy.compat32).parsestr(raw.decode("utf-8", "replace"))
     senders = _addresses(message, "from")
     return Headers(
         sender=senders[0] if senders else "",
@@ -248,9 +279,22 @@ def parse_headers(raw: bytes) -> Headers:
     )
 
 
-def _raw(message: Message, name: str) -> list[str]:
-    """A header's values as sent, without the email package's parsing (which can raise)."""
-    return [str(value) for key, value in message.raw_items() if key.lower() == name]
+def _raw(message: Message, name: str, *, cut_at: str = " ") -> list[str]:
+    """A header's values as sent, unfolded and cut to FIELD_CHARS (at the last `cut_at`)."""
+    values = []
+    for key, value in message.raw_items():
+        if key.lower() == name:
+            text = re.sub(r"\r?\n(?=[ \t])", "", str(value))
+            if len(text) > FIELD_CHARS:
+                text = text[:FIELD_CHARS]
+                text = text[: text.rfind(cut_at)] if cut_at in text else text
+            values.append(text)
+    return values
+
+
+def _parsed(name: str, value: str) -> Any:
+    """The email package's structured header for one value (may raise on odd input)."""
+    return email.policy.default.header_factory(name, value)
 
 
 def _decode_words(value: str) -> str:
@@ -261,22 +305,35 @@ def _decode_words(value: str) -> str:
 
 
 def _subject(message: Message) -> str:
-    try:
-        return str(message.get("subject", ""))
-    except Exception:
-        return " ".join(_decode_words(value) for value in _raw(message, "subject"))
+    parts = []
+    for value in _raw(message, "subject"):
+        try:
+            parts.append(str(_parsed("subject", value)))
+        except Exception:
+            parts.append(_decode_words(value))
+    return " ".join(parts)
 
 
 def _addresses(message: Message, name: str) -> list[str]:
     """`Name <addr>` (or just `addr`) strings, at most ADDRESSES_PER_FIELD."""
     pairs: list[tuple[str, str]] = []
-    try:
-        for header in message.get_all(name, []):
-            pairs.extend((a.display_name, a.addr_spec) for a in getattr(header, "addresses", ()))
-    except Exception:
-        pairs = [(_decode_words(display), spec) for display, spec in getaddresses(_raw(message, name))]
+    for value in _raw(message, name, cut_at=","):
+        pairs.extend(_address_pairs(name, value))
     found = [_format_address(display, spec) for display, spec in pairs]
     return [address for address in found if address][:ADDRESSES_PER_FIELD]
+
+
+def _address_pairs(name: str, value: str) -> list[tuple[str, str]]:
+    """(display name, addr-spec) pairs of one field by the strictest parser that copes with it;
+    both of the email package's recurse into nested comments and can exhaust the stack."""
+    try:
+        return [(a.display_name, a.addr_spec) for a in _parsed(name, value).addresses]
+    except Exception:
+        pass
+    try:
+        return [(_decode_words(display), spec) for display, spec in getaddresses([value])]
+    except Exception:
+        return [("", spec) for spec in _ADDR_SPEC.findall(value)]
 
 
 def _format_address(display: str, spec: str) -> str:
@@ -297,7 +354,7 @@ def _date(message: Message) -> datetime | None:
         return None
     try:
         parsed = parsedate_to_datetime(values[0])
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     # "-0000" means "zone unknown": UTC is the usual reading.
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
@@ -348,7 +405,8 @@ def parse_records(lines: Sequence[bytes | bytearray]) -> list[list[Any]]:
             if line.startswith(b"* "):
                 line = line[2:]
         after_literal = False
-        text += re.sub(rb"\{\d+\}$", b"", line)
+        # NUL marks literals in `text`; a server's own NUL (RFC 3501 forbids them) is dropped.
+        text += re.sub(rb"\{\d+\}$", b"", line.replace(b"\x00", b""))
     if text or literals:
         records.append(_tokens(bytes(text), literals))
     return records

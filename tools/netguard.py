@@ -9,6 +9,10 @@ connection the client opens, for the first request and for each redirect, passes
 Spellings such as `2130706433`, `0x7f000001` or `0177.1` need no parser of ours: the resolver
 (getaddrinfo, which reads them the way `inet_aton` does) turns them into the address they
 stand for, and that address is what is checked. Any port is allowed; the address decides.
+
+Even an intranet deployment (FETCH_ALLOW_PRIVATE_NETWORKS) keeps the cloud platform's own
+services out of reach: instance metadata hands out the machine's credentials, and a page
+the model reads could ask it to fetch them.
 """
 
 import asyncio
@@ -31,6 +35,15 @@ _SHARED = IPv4Network("100.64.0.0/10")  # carrier-grade NAT, RFC 6598
 _RFC1918 = (IPv4Network("10.0.0.0/8"), IPv4Network("172.16.0.0/12"), IPv4Network("192.168.0.0/16"))
 _NAT64 = IPv6Network("64:ff9b::/96")  # well-known prefix, RFC 6052: the last 32 bits are IPv4
 _UNIQUE_LOCAL = IPv6Network("fc00::/7")
+# Cloud metadata and platform services outside the link-local range.
+_CLOUD_PLATFORM: frozenset[IPAddress] = frozenset(
+    {
+        IPv4Address("168.63.129.16"),  # Azure WireServer, on a public address
+        IPv4Address("100.100.100.200"),  # Alibaba Cloud metadata
+        IPv4Address("192.0.0.192"),  # Oracle Cloud metadata
+        IPv6Address("fd00:ec2::254"),  # AWS instance metadata over IPv6
+    }
+)
 
 
 class AddressNotAllowed(Exception):
@@ -52,6 +65,14 @@ class HostNotFound(Exception):
         super().__init__(f"the host {host} was not found")
 
 
+class LookupFailed(Exception):
+    """The name could not be looked up just now (no answer from DNS); another try may succeed."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        super().__init__(f"could not look up {host}: the DNS server did not answer")
+
+
 def public_only(ip: IPAddress) -> str | None:
     """Why `ip` is not a public internet address, or None when it is one."""
     embedded = _embedded_ipv4(ip)
@@ -62,8 +83,9 @@ def public_only(ip: IPAddress) -> str | None:
         return "the unspecified address"
     if ip.is_loopback:
         return "a loopback address"
-    if ip.is_link_local:
-        return "a link-local address (as used by cloud metadata services)"
+    platform = _cloud_platform(ip)
+    if platform is not None:
+        return platform
     if ip.is_multicast:
         return "a multicast address"
     if isinstance(ip, IPv4Address):
@@ -94,8 +116,22 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def any_address(ip: IPAddress) -> None:
-    """The policy for intranets and tests (FETCH_ALLOW_PRIVATE_NETWORKS): every address is allowed."""
+def private_networks(ip: IPAddress) -> str | None:
+    """The policy for intranets and tests (FETCH_ALLOW_PRIVATE_NETWORKS): every address but the
+    cloud platform's services."""
+    embedded = _embedded_ipv4(ip)
+    if embedded is not None:
+        inner = private_networks(embedded)
+        return f"an IPv6 form of {embedded}, {inner}" if inner else None
+    return _cloud_platform(ip)
+
+
+def _cloud_platform(ip: IPAddress) -> str | None:
+    """Why `ip` reaches this machine's cloud platform (metadata, credentials), or None."""
+    if ip.is_link_local:
+        return "a link-local address (as used by cloud metadata services)"
+    if ip in _CLOUD_PLATFORM:
+        return "a cloud platform's metadata or control address"
     return None
 
 
@@ -112,6 +148,12 @@ def _embedded_ipv4(ip: IPAddress) -> IPv4Address | None:
 
 async def system_resolver(host: str, port: int) -> list[IPAddress]:
     """The addresses getaddrinfo gives for `host`, without duplicates, in its order."""
+    try:
+        # getaddrinfo's own encoding, done first: its UnicodeError (a label over 63 characters,
+        # an empty one) is no OSError, and such a name is in no DNS.
+        host.encode("idna")
+    except UnicodeError as err:
+        raise socket.gaierror(socket.EAI_NONAME, f"{host!r} is not a valid host name") from err
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(ip_address(info[4][0]) for info in infos))
 
@@ -127,6 +169,8 @@ class AddressGuard:
         try:
             addresses = await self._resolver(host, port)
         except OSError as err:
+            if err.errno == socket.EAI_AGAIN:
+                raise LookupFailed(host) from err
             raise HostNotFound(host) from err
         if not addresses:
             raise HostNotFound(host)

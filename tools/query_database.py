@@ -11,6 +11,9 @@ What keeps it read-only is PostgreSQL, never a keyword list:
   managed to PREPARE is rolled back, so no prepared transaction outlives the call.
 - The statement is prepared (extended protocol), and PostgreSQL refuses to prepare more
   than one command; parameters are bound by the server, never spliced into the text.
+- Rows are read through a portal, a few at a time (as many as fit FETCH_BYTES, judged by
+  the rows before), and converted as they come: memory follows the result's byte cap, not
+  the rows read. One value is still read whole (up to PostgreSQL's 1 GB).
 - A read-only transaction does not stop a superuser from running `COPY … TO PROGRAM` or
   `pg_read_file`, so a login role that is a superuser, or may become one of the roles that
   run programs, read or write server files or signal other sessions, is refused outright.
@@ -29,11 +32,21 @@ from typing import Any
 import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
+from asyncpg.types import Attribute
 
 from core.config import Settings
 from core.errors import ConfigurationError
 from tools.base import InvalidArguments, ToolContext, ToolFailed, ToolSpec, ToolTemporarilyFailed
-from tools.sql_values import ParameterError, coerce_parameters, json_size, register_codecs, to_json, value_cap
+from tools.sql_params import ParameterError, coerce_parameters
+from tools.sql_values import (
+    is_pg_char,
+    json_size,
+    pg_char_text,
+    register_codecs,
+    to_json,
+    value_cap,
+    wire_size,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +56,11 @@ CONNECT_TIMEOUT = 10.0
 # How long past statement_timeout the client waits for PostgreSQL's own cancellation.
 CLIENT_GRACE = 2.0
 LOCK_TIMEOUT_MAX = 2.0
+# About how much row data one fetch brings into memory (a single larger row is read alone).
+FETCH_BYTES = 4 * 1024 * 1024
+# The activity cuts a tool result at 100,000 characters; a result stays below that whatever
+# QUERY_MAX_BYTES says (JSON characters never outnumber its UTF-8 bytes).
+MAX_RESULT_BYTES = 90_000
 # Roles whose members can reach outside the database even in a read-only transaction.
 _UNSAFE_ROLES_QUERY = """
 SELECT coalesce(string_agg(r.rolname, ', ' ORDER BY r.rolname), '')
@@ -94,6 +112,10 @@ QUERY_DATABASE_SCHEMA: dict[str, Any] = {
 }
 
 
+# Seconds; leaves room for the client backstop inside the activity's 2-minute limit.
+MAX_QUERY_TIMEOUT = 100.0
+
+
 class UnsafeRole(Exception):
     """The configured login role can act outside the database even in a read-only transaction."""
 
@@ -118,7 +140,7 @@ class QueryDatabaseTool:
     def __init__(self, dsn: str, *, timeout: float, max_bytes: int, pool_size: int = 4) -> None:
         self._dsn = dsn
         self._timeout = timeout
-        self._max_bytes = max_bytes
+        self._max_bytes = min(max_bytes, MAX_RESULT_BYTES)
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
@@ -131,9 +153,16 @@ class QueryDatabaseTool:
         dsn = settings.query_database_url.get_secret_value()
         if not dsn.startswith(("postgresql://", "postgres://")):
             raise ConfigurationError("QUERY_DATABASE_URL must be a postgresql:// URL")
+        timeout = settings.query_timeout.total_seconds()
+        if not 0 < timeout <= MAX_QUERY_TIMEOUT:
+            # The tool's activity runs at most 2 minutes; a longer statement would be cut
+            # off there, as a vague `tool_unavailable` instead of `query_timeout`.
+            raise ConfigurationError(
+                f"QUERY_TIMEOUT must be more than 0 and at most {MAX_QUERY_TIMEOUT:.0f}s"
+            )
         return cls(
             dsn,
-            timeout=settings.query_timeout.total_seconds(),
+            timeout=timeout,
             max_bytes=int(settings.query_max_bytes),
         )
 
@@ -202,7 +231,7 @@ class QueryDatabaseTool:
     ) -> dict[str, Any]:
         try:
             async with asyncio.timeout(self._timeout + CLIENT_GRACE):
-                columns, records = await self._read(conn, query, parameters, limit)
+                return await self._read(conn, query, parameters, limit)
         except TimeoutError:
             conn.terminate()  # it may still be mid-query; it must not serve another call
             raise self._timed_out() from None
@@ -222,37 +251,42 @@ class QueryDatabaseTool:
             raise self._query_failure(err) from err
         except asyncpg.PostgresError as err:
             raise self._query_failure(err) from err
-        except (OSError, asyncpg.InterfaceError) as err:
-            raise ToolTemporarilyFailed(f"the connection to the query database was lost: {err}") from err
-        try:
-            return _result(columns, records, limit=limit, max_bytes=self._max_bytes)
         except ResultTooLarge:
             raise ToolFailed(
                 "query_result_too_large",
                 f"not even one row fits in the {self._max_bytes} bytes a result may take "
                 "(QUERY_MAX_BYTES); select fewer columns or shorter values, e.g. left(column, 200)",
             ) from None
+        except (asyncpg.UnsupportedClientFeatureError, asyncpg.InternalClientError) as err:
+            # asyncpg cannot read a column's type (a row type holding a text-only type such as
+            # aclitem): the statement must change, the connection is fine.
+            raise ToolFailed(
+                "query_invalid",
+                f"a column's type cannot be read here ({err}); cast that column to text: column::text",
+            ) from err
+        except (OSError, asyncpg.InterfaceError) as err:
+            raise ToolTemporarilyFailed(f"the connection to the query database was lost: {err}") from err
 
     async def _read(
         self, conn: PoolConnectionProxy, query: str, parameters: list[Any], limit: int
-    ) -> tuple[list[str], list[asyncpg.Record]]:
-        """The statement's columns and at most `limit + 1` rows, inside a read-only transaction."""
+    ) -> dict[str, Any]:
+        """The statement's result, at most `limit + 1` rows read, inside a read-only transaction."""
         transaction = conn.transaction(isolation="repeatable_read", readonly=True)
         await transaction.start()
         try:
             await conn.fetchval(_SET_TIMEOUTS, *self._timeouts_ms())
             statement = await conn.prepare(query)
             arguments = coerce_parameters(statement.get_parameters(), parameters)
-            columns = [attribute.name for attribute in statement.get_attributes()]
-            if not columns:  # SET, LOCK, …: nothing to fetch
+            result = _Result(statement.get_attributes(), limit=limit, max_bytes=self._max_bytes)
+            if not result.columns:  # SET, LOCK, …: nothing to fetch
                 await statement.fetch(*arguments)
                 if not conn.is_in_transaction():  # the server says the statement ended it
                     await _roll_back_prepared_transactions(conn)
                     raise TransactionEnded
-                return columns, []
+                return result.as_dict()
             # A portal fetched by count: PostgreSQL produces limit + 1 rows, not the whole result.
-            cursor = await statement.cursor(*arguments)
-            return columns, await cursor.fetch(limit + 1)
+            await _fetch_into(result, await statement.cursor(*arguments), wanted=limit + 1)
+            return result.as_dict()
         finally:
             if not conn.is_closed():
                 with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
@@ -358,25 +392,66 @@ def _postgres_message(err: asyncpg.PostgresError) -> str:
     return text
 
 
-def _result(
-    columns: list[str], records: list[asyncpg.Record], *, limit: int, max_bytes: int
-) -> dict[str, Any]:
-    """The contract's shape, its JSON at most `max_bytes` (rows beyond it left out, marked truncated)."""
-    cap = value_cap(max_bytes)
-    rows: list[list[Any]] = []
-    # Measured with the longest row_count and `false`, so the final figures never exceed it.
-    size = json_size({"columns": columns, "rows": [], "row_count": MAX_LIMIT, "truncated": False})
-    if size > max_bytes:
-        raise ResultTooLarge
-    truncated = len(records) > limit
-    for record in records[:limit]:
-        row = [to_json(value, cap) for value in record.values()]
-        row_size = json_size(row) + (2 if rows else 0)  # ", " between rows
-        if size + row_size > max_bytes:
-            if not rows:
+async def _fetch_into(
+    result: "_Result", cursor: "asyncpg.cursor.Cursor[asyncpg.Record]", *, wanted: int
+) -> None:
+    """Up to `wanted` rows into `result`, until it is full. The first fetch takes one row;
+    each next one as many as FETCH_BYTES holds, judged by the largest row so far."""
+    batch, largest = 1, 1
+    while wanted > 0:
+        records = await cursor.fetch(min(batch, wanted))
+        wanted -= len(records)
+        for record in records:
+            if not result.add(record):
+                return
+            largest = max(largest, wire_size(record))
+        if len(records) < batch:
+            return  # the portal is done
+        batch = max(1, FETCH_BYTES // largest)
+
+
+class _Result:
+    """The contract's shape, built row by row; its JSON stays within `max_bytes` (rows beyond
+    it, or beyond `limit`, are left out and mark it truncated)."""
+
+    def __init__(self, attributes: tuple[Attribute, ...], *, limit: int, max_bytes: int) -> None:
+        self.columns = [attribute.name for attribute in attributes]
+        self._pg_chars = [is_pg_char(attribute.type) for attribute in attributes]
+        self.rows: list[list[Any]] = []
+        self.truncated = False
+        self._limit = limit
+        self._max_bytes = max_bytes
+        self._cap = value_cap(max_bytes)
+        # Measured with the longest row_count and `false`, so the final figures never exceed it.
+        self._size = json_size(
+            {"columns": self.columns, "rows": [], "row_count": MAX_LIMIT, "truncated": False}
+        )
+        if self._size > max_bytes:
+            raise ResultTooLarge
+
+    def add(self, record: asyncpg.Record) -> bool:
+        """Take one more row; False when it does not fit, and no further row is wanted."""
+        if len(self.rows) == self._limit:
+            self.truncated = True
+            return False
+        row = [
+            to_json(pg_char_text(value) if pg_char else value, self._cap)
+            for value, pg_char in zip(record.values(), self._pg_chars, strict=True)
+        ]
+        row_size = json_size(row) + (2 if self.rows else 0)  # ", " between rows
+        if self._size + row_size > self._max_bytes:
+            if not self.rows:
                 raise ResultTooLarge
-            truncated = True
-            break
-        rows.append(row)
-        size += row_size
-    return {"columns": columns, "rows": rows, "row_count": len(rows), "truncated": truncated}
+            self.truncated = True
+            return False
+        self.rows.append(row)
+        self._size += row_size
+        return True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "columns": self.columns,
+            "rows": self.rows,
+            "row_count": len(self.rows),
+            "truncated": self.truncated,
+        }

@@ -96,10 +96,9 @@ class SearxngBackend:
     )
 
     def __init__(self, base_url: str, api_key: SecretStr | None) -> None:
-        self._base_url = base_url.rstrip("/")
-        # Relative image links (SearxNG's image proxy) are resolved against this, without the
-        # credentials SEARCH_URL may carry.
-        self._public_base = _without_userinfo(self._base_url) + "/"
+        self._base_url = without_userinfo(base_url).rstrip("/")
+        # Relative image links (SearxNG's image proxy) are resolved against this.
+        self._public_base = self._base_url + "/"
         self._headers = {"Authorization": f"Bearer {api_key.get_secret_value()}"} if api_key else {}
 
     def request(self, query: str, search_type: SearchType, num_results: int) -> BackendRequest:
@@ -134,7 +133,7 @@ class SerperBackend:
     auth_hint = "check SEARCH_API_KEY"
 
     def __init__(self, base_url: str, api_key: SecretStr) -> None:
-        self._base_url = base_url.rstrip("/")
+        self._base_url = without_userinfo(base_url).rstrip("/")
         self._headers = {"X-API-KEY": api_key.get_secret_value()}
 
     def request(self, query: str, search_type: SearchType, num_results: int) -> BackendRequest:
@@ -223,15 +222,19 @@ def plain_text(value: Any, limit: int) -> str:
 
 
 def _raise_if_engines_failed(unresponsive: Any) -> None:
-    """SearxNG answers 200 with no results when every engine failed; that is not "nothing found"."""
+    """No results while some engines failed is not "nothing found", nor worth retrying: engines
+    time out or hit CAPTCHAs all the time, so the model is told which did not answer."""
     if not isinstance(unresponsive, list) or not unresponsive:
         return
     reasons = []
     for entry in unresponsive[:5]:
         if isinstance(entry, list) and entry:
             reasons.append(" ".join(plain_text(str(part), 60) for part in entry[:2]))
-    raise ToolTemporarilyFailed(
-        "the SearxNG instance found nothing because its engines failed: " + "; ".join(reasons)
+    raise ToolFailed(
+        "search_failed",
+        "the SearxNG instance found nothing, and some of its engines did not answer: "
+        + "; ".join(reasons)
+        + "; try again later or with other words",
     )
 
 
@@ -242,7 +245,9 @@ def _html_text(value: Any) -> Any:
     return html.unescape(_TAG.sub("", value))
 
 
-def _without_userinfo(url: str) -> str:
+def without_userinfo(url: str) -> str:
+    """The URL without user and password: they travel as an Authorization header instead, which
+    httpx, unlike the URL, does not write to its log."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     if ":" in host:
@@ -253,7 +258,7 @@ def _without_userinfo(url: str) -> str:
 
 def public_origin(url: str) -> str:
     """`scheme://host[:port]` of a backend URL, for messages (no credentials, no path)."""
-    parts = urlsplit(_without_userinfo(url))
+    parts = urlsplit(without_userinfo(url))
     return f"{parts.scheme}://{parts.netloc}"
 
 

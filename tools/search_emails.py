@@ -23,6 +23,8 @@ from tools.mail_parse import (
     HEADER_FIELDS,
     Structure,
     decode_part,
+    header_block,
+    header_fetch_items,
     parse_headers,
     parse_internaldate,
     read_structure,
@@ -124,9 +126,7 @@ async def _search(session: ImapSession, *, folder: str, query: str, limit: int) 
     uids = await session.newest(query, limit=limit, window=CLIENT_SORT_WINDOW)
     if not uids:
         return []
-    summaries = await session.fetch(
-        uids, f"(UID INTERNALDATE BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS ({HEADER_FIELDS})])"
-    )
+    summaries = await session.fetch(uids, f"(UID INTERNALDATE BODYSTRUCTURE {header_fetch_items()})")
     structures = {uid: read_structure(item.get("BODYSTRUCTURE")) for uid, item in summaries.items()}
     texts = await _fetch_texts(session, structures)
     emails = []
@@ -134,7 +134,9 @@ async def _search(session: ImapSession, *, folder: str, query: str, limit: int) 
         if uid not in summaries:
             continue  # expunged since the search
         item, structure = summaries[uid], structures[uid]
-        headers = parse_headers(_bytes(_item(item, "BODY[HEADER.FIELDS")))
+        headers = parse_headers(
+            header_block([_bytes(_item(item, f"BODY[HEADER.FIELDS ({name})]")) for name in HEADER_FIELDS])
+        )
         date = headers.date or parse_internaldate(item.get("INTERNALDATE"))
         part = structure.body
         emails.append(
@@ -179,10 +181,19 @@ def _bytes(value: Any) -> bytes:
 
 
 def _fit(emails: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep the result compact: long recipient lists are cut shorter until it fits."""
+    """Keep the result within RESULT_BUDGET: long recipient lists are cut shorter first, then
+    the oldest emails are left out."""
     for keep in (ADDRESSES_PER_FIELD, 3, 1):
-        if len(json.dumps(emails, ensure_ascii=False)) <= RESULT_BUDGET:
-            break
+        if _json_chars(emails) <= RESULT_BUDGET:
+            return emails
         for email in emails:
             email["to"], email["cc"] = email["to"][:keep], email["cc"][:keep]
+    sizes = [_json_chars(email) + 2 for email in emails]  # ", " between them
+    while emails and sum(sizes) > RESULT_BUDGET:
+        emails.pop()
+        sizes.pop()
     return emails
+
+
+def _json_chars(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False))

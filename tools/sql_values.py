@@ -1,4 +1,4 @@
-"""PostgreSQL values as JSON for `query_database`, and the model's JSON values as parameters.
+"""PostgreSQL values as JSON for `query_database`, read by codecs faithful to PostgreSQL's output.
 
 Why the codecs below replace some of asyncpg's: its binary decoders turn `infinity`,
 years before 1 AD and years after 9999 into wrong values or exceptions (one odd date
@@ -6,7 +6,9 @@ would fail a whole query), interval months into 30 days, and `real` 1.1 into
 1.100000023841858. The replacements read PostgreSQL's wire values themselves (asyncpg's
 `tuple` and `binary` codec formats, which keep working inside arrays, composites and
 ranges; `text` format codecs do not) and write what PostgreSQL's own output would say,
-in ISO 8601. Every value is bounded: strings, bytea and large arrays or json are cut with
+in ISO 8601. `anyarray` columns (pg_stats, pg_attribute) are read as PostgreSQL's text, where
+asyncpg would fail the whole query, and `"char"` (the catalogs' one-letter codes) as its
+letter, not bytes. Every value is bounded: strings, bytea and large arrays or json are cut with
 a marker, so one huge value cannot crowd out the rest of a result.
 """
 
@@ -14,19 +16,21 @@ import json
 import math
 import re
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 from asyncpg.pgproto.types import BitString, Path
+from asyncpg.types import Type
 
 # Integers beyond ±(2^53 - 1) lose digits in JavaScript and most JSON readers: sent as strings.
 MAX_SAFE_INTEGER = 2**53 - 1
 MAX_VALUE_CHARS = 4000
 MAX_JSON_DEPTH = 64
 
+_CHAR_OID, _CHAR_ARRAY_OID = 18, 1002  # `"char"`, PostgreSQL's one-byte type (relkind, contype)
 _INT64_MAX, _INT64_MIN = 2**63 - 1, -(2**63)
 _INT32_MAX, _INT32_MIN = 2**31 - 1, -(2**31)
 _USEC_PER_SECOND = 1_000_000
@@ -41,10 +45,6 @@ _ISO_DURATION = re.compile(
     r"P(?:(?P<years>[-+]?\d+)Y)?(?:(?P<months>[-+]?\d+)M)?(?:(?P<weeks>[-+]?\d+)W)?(?:(?P<days>[-+]?\d+)D)?"
     r"(?:T(?:(?P<hours>[-+]?\d+)H)?(?:(?P<minutes>[-+]?\d+)M)?(?:(?P<seconds>[-+]?\d+(?:\.\d{1,6})?)S)?)?"
 )
-_INTEGERS = {"int2", "int4", "int8", "oid"}
-_FLOATS = {"float4", "float8"}
-_TEXTS = {"text", "varchar", "bpchar", "char", "name", "citext"}
-_TEMPORAL = {"timestamptz", "timestamp", "date", "time", "timetz", "interval"}
 
 
 _Codec = tuple[Callable[[Any], Any], Callable[[Any], Any]]
@@ -65,6 +65,36 @@ def value_cap(max_bytes: int) -> int:
 def json_size(value: Any) -> int:
     """UTF-8 bytes of `value` as JSON, written the way the tool result is stored."""
     return len(json.dumps(value, ensure_ascii=False).encode())
+
+
+def is_pg_char(kind: Type) -> bool:
+    """Whether a column is `"char"` or `"char"[]`, which asyncpg hands over as bytes."""
+    return kind.oid in (_CHAR_OID, _CHAR_ARRAY_OID)
+
+
+def pg_char_text(value: Any) -> Any:
+    """A `"char"` value (or array of them) as PostgreSQL prints it: the character, nothing for
+    0, an octal escape above 127. (asyncpg's codec for it cannot be replaced: to asyncpg the
+    name "char" means bpchar.)"""
+    if isinstance(value, list):
+        return [pg_char_text(item) for item in value]
+    if not isinstance(value, bytes):
+        return value
+    byte = value[0] if value else 0
+    if byte == 0:
+        return ""
+    return chr(byte) if byte < 0x80 else f"\\{byte:03o}"
+
+
+def wire_size(value: Any) -> int:
+    """About how many bytes a decoded column value took on the wire (to size the next fetch)."""
+    if isinstance(value, str | bytes):
+        return 4 + len(value)
+    if isinstance(value, asyncpg.Record):
+        return 4 + sum(wire_size(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return 4 + sum(wire_size(item) for item in value)
+    return 12
 
 
 def to_json(value: Any, cap: int) -> Any:
@@ -106,25 +136,36 @@ def _convert(value: Any, cap: int) -> Any:
 
 
 def _json_value(text: JsonText, cap: int) -> Any:
-    """A json/jsonb value parsed, or its text where Python could not carry the value on:
-    nesting deeper than MAX_JSON_DEPTH, or a lone surrogate escape (`"\\ud800"`)."""
+    """A json/jsonb value parsed, or its text where the parsed value could not be carried on:
+    nesting deeper than MAX_JSON_DEPTH, or a string holding a NUL (`"\\u0000"`, which `json`
+    keeps) or a lone surrogate (`"\\ud800"`), neither of which jsonb or UTF-8 can store."""
     if len(text) > cap:
         return _cut(str(text), cap)
     try:
         parsed = json.loads(text, parse_float=_json_number)
-        json.dumps(parsed, ensure_ascii=False).encode()
-    except (RecursionError, UnicodeEncodeError):
+    except RecursionError:
         return str(text)
     pending: list[tuple[Any, int]] = [(parsed, 1)]
     while pending:
         item, depth = pending.pop()
-        if depth > MAX_JSON_DEPTH:
+        if depth > MAX_JSON_DEPTH or (isinstance(item, str) and not _storable(item)):
             return str(text)
         if isinstance(item, dict):
+            pending.extend((key, depth) for key in item)
             item = list(item.values())
         if isinstance(item, list):
             pending.extend((child, depth + 1) for child in item)
     return parsed
+
+
+def _storable(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _cut(text: str, cap: int) -> str:
@@ -192,6 +233,8 @@ async def register_codecs(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(
             name, schema="pg_catalog", encoder=encoder, decoder=decoder, format="binary"
         )
+    # A pseudo-type with no binary form: only PostgreSQL's text says what the elements are.
+    await conn.set_type_codec("anyarray", schema="pg_catalog", encoder=str, decoder=str, format="text")
 
 
 def _encode_float4(value: float) -> bytes:
@@ -390,92 +433,3 @@ def _special(value: str, highest: int, lowest: int) -> int | None:
     if word == "-infinity":
         return lowest
     return None
-
-
-# ---- parameters -------------------------------------------------------------------------
-
-
-class ParameterError(ValueError):
-    """A parameter's JSON value does not fit the type PostgreSQL inferred for its placeholder."""
-
-
-def coerce_parameters(types: Sequence[Any], values: list[Any]) -> list[Any]:
-    """The model's JSON values as what asyncpg sends for each placeholder's type (`Type`s)."""
-    if len(types) != len(values):
-        placeholders = ", ".join(f"${n}" for n in range(1, len(types) + 1)) or "none"
-        raise ParameterError(
-            f"the query has {len(types)} placeholder(s) ({placeholders}) but {len(values)} "
-            "parameter(s) were given"
-        )
-    coerced = []
-    for number, (kind, value) in enumerate(zip(types, values, strict=True), start=1):
-        name = kind.name if kind.schema == "pg_catalog" else ""
-        try:
-            coerced.append(_coerce(name, value))
-        except ParameterError as err:
-            raise ParameterError(f"parameter ${number} ({kind.name}): {err}") from None
-    return coerced
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """One value for a pg_catalog type `name` (empty for other schemas: passed as given)."""
-    if value is None:
-        return None
-    if name.endswith("[]"):
-        if not isinstance(value, list):
-            raise ParameterError("expected a list for an array")
-        return [_coerce(name if isinstance(item, list) else name[:-2], item) for item in value]
-    if name in _INTEGERS:
-        return _integer(value)
-    if name in _FLOATS:
-        if isinstance(value, int | float | str) and not isinstance(value, bool):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ParameterError("expected a number")
-    if name == "numeric":
-        if isinstance(value, int | float | str) and not isinstance(value, bool):
-            return str(value)  # PostgreSQL parses the digits exactly; a float would not
-        raise ParameterError("expected a number or a string of digits")
-    if name in ("json", "jsonb"):
-        return _json_text(value)
-    if name == "bytea":
-        if not isinstance(value, str):
-            raise ParameterError("expected a string (\\x followed by hex digits for raw bytes)")
-        if not value.startswith("\\x"):
-            return value.encode()
-        try:
-            return bytes.fromhex(value[2:])
-        except ValueError:
-            raise ParameterError("\\x must be followed by pairs of hex digits") from None
-    if name in _TEXTS:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, int | float | str):
-            return str(value)
-        raise ParameterError("expected a string")
-    if name in _TEMPORAL and not isinstance(value, str):
-        raise ParameterError("expected an ISO 8601 string")
-    return value
-
-
-def _integer(value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
-        return int(value)
-    raise ParameterError("expected an integer")
-
-
-def _json_text(value: Any) -> str:
-    """A string that already is JSON text is sent as it is; anything else is encoded."""
-    if isinstance(value, str):
-        try:
-            json.loads(value)
-        except (ValueError, RecursionError):
-            return json.dumps(value, ensure_ascii=False)
-        return value
-    return json.dumps(value, ensure_ascii=False)

@@ -6,13 +6,18 @@ spent credits, refused query) raises ToolFailed after exactly one request. The o
 here is for a 429 that asks to wait a few seconds (`Retry-After`): the activity's own backoff
 would ignore the wait the backend asked for.
 
-Everything the backend answers is data: the answer is read at most `_MAX_ANSWER_BYTES`, and
-each result is cut down to `{title, url, snippet, date?, source?, image_url?}` of plain text.
+Everything the backend answers is data: the answer is read at most `_MAX_ANSWER_BYTES`
+(decompressed in bounded steps), each result is cut down to `{title, url, snippet, date?,
+source?, image_url?}` of plain text, and results stop before their JSON nears the activity's cut.
+
+A user and password in SEARCH_URL go as an Authorization header, never in a request URL:
+httpx logs every request's URL.
 """
 
 import asyncio
 import email.utils
 import json
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Literal
@@ -26,6 +31,7 @@ from core.config import Settings
 from core.errors import ConfigurationError
 from tools.base import InvalidArguments, ToolContext, ToolFailed, ToolSpec, ToolTemporarilyFailed
 from tools.netguard import is_loopback_host
+from tools.page_text import UnsupportedEncoding, read_capped
 from tools.search_backends import (
     BackendRequest,
     RateLimited,
@@ -48,6 +54,8 @@ MAX_QUERY_CHARS = 2048
 _MAX_ANSWER_BYTES = 2 * 2**20
 _MAX_URL_CHARS = 2048
 _MAX_TITLE_CHARS, _MAX_SNIPPET_CHARS, _MAX_SOURCE_CHARS, _MAX_DATE_CHARS = 300, 500, 100, 64
+# JSON characters of all results together; the activity cuts a result at 100,000.
+_MAX_RESULTS_CHARS = 60_000
 # A 429 is retried here at most this often, and only when the backend asks for a short wait.
 _RATE_LIMIT_RETRIES = 2
 _MAX_RATE_LIMIT_WAIT = 5.0
@@ -147,9 +155,15 @@ class WebSearchTool:
         self._backend = config.make_backend()
         self._where = f"{self._backend.name} at {public_origin(config.url)}"
         # What must never reach a result, an error or a log: the key and a password in SEARCH_URL.
-        password = urlsplit(config.url).password or ""
+        parts = urlsplit(config.url)
+        password = parts.password or ""
         secrets = [config.api_key.get_secret_value() if config.api_key else "", password, unquote(password)]
         self._secrets = [secret for secret in secrets if secret]
+        self._auth = (
+            httpx.BasicAuth(unquote(parts.username or ""), unquote(password))
+            if parts.username is not None or parts.password is not None
+            else None
+        )
         self._http: httpx.AsyncClient | None = None
 
     @classmethod
@@ -216,8 +230,8 @@ class WebSearchTool:
                     json=request.json,
                     headers=request.headers,
                 ) as response:
-                    body, complete = await _read_capped(response, _MAX_ANSWER_BYTES)
-                    return _Answer(response.status_code, response.headers, body, complete)
+                    body, capped = await read_capped(response, _MAX_ANSWER_BYTES)
+                    return _Answer(response.status_code, response.headers, body, complete=not capped)
         except (TimeoutError, httpx.TimeoutException):
             raise ToolTemporarilyFailed(
                 f"{self._where} did not answer within {self._config.timeout:g} s"
@@ -227,7 +241,7 @@ class WebSearchTool:
             raise ToolTemporarilyFailed(
                 f"{self._where} could not be reached ({type(err).__name__})"
             ) from None
-        except httpx.DecodingError:
+        except (UnsupportedEncoding, zlib.error):
             raise ToolFailed(
                 "search_bad_response", f"{self._backend.name} sent an answer that cannot be decoded"
             ) from None
@@ -248,11 +262,17 @@ class WebSearchTool:
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
             self._http = httpx.AsyncClient(
+                auth=self._auth,
                 timeout=self._config.timeout,
                 follow_redirects=False,
                 # Proxies and netrc from the environment have no say in where the key goes.
                 trust_env=False,
-                headers={"Accept": "application/json", "User-Agent": "durable-assistant web_search"},
+                # Uncompressed answers preferred; a compressed one is inflated within the cap anyway.
+                headers={
+                    "Accept": "application/json",
+                    "Accept-Encoding": "identity",
+                    "User-Agent": "durable-assistant web_search",
+                },
             )
         return self._http
 
@@ -267,6 +287,7 @@ def normalise(raw: list[RawResult], limit: int) -> list[dict[str, str]]:
     """At most `limit` results with an http(s) url, each url once, every field plain and short."""
     results: list[dict[str, str]] = []
     seen: set[str] = set()
+    size = 0
     for item in raw:
         url = _web_url(item.url)
         if url is None or url in seen:
@@ -284,6 +305,9 @@ def normalise(raw: list[RawResult], limit: int) -> list[dict[str, str]]:
         image_url = _web_url(item.image_url)
         if image_url:
             result["image_url"] = image_url
+        size += len(json.dumps(result, ensure_ascii=False))
+        if size > _MAX_RESULTS_CHARS:
+            break
         results.append(result)
         if len(results) == limit:
             break
@@ -330,21 +354,6 @@ def _date(value: Any) -> str | None:
         except ValueError:
             continue
     return text
-
-
-async def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
-    """The body, and whether it fit in `limit` bytes; reading stops at the limit."""
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return b"", False
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            return b"".join(chunks), False
-        chunks.append(chunk)
-    return b"".join(chunks), True
 
 
 def _retry_after(answer: _Answer) -> float | None:
