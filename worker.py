@@ -63,7 +63,9 @@ def build_worker(client: Client, pool: Pool, settings: Settings, registry: ToolR
 
 
 async def publish_tools(pool: Pool, registry: ToolRegistry) -> None:
-    """Tell the API (through the catalog table) which tools this worker runs."""
+    """Tell the API (through the catalog table) which tools this worker runs, and which of
+    them cannot be used now and why; remote definitions are checked against their pins first."""
+    await registry.sync(pool)
     await catalog.publish(
         pool,
         tools=[
@@ -73,11 +75,27 @@ async def publish_tools(pool: Pool, registry: ToolRegistry) -> None:
                 input_schema=spec.input_schema,
                 requires_confirmation=spec.requires_confirmation,
                 source=spec.source,
-                healthy=True,
+                healthy=problem is None,
+                problem=problem,
             )
-            for spec in registry.specs()
+            for spec, problem in registry.catalog()
         ],
     )
+
+
+async def keep_catalog_fresh(pool: Pool, registry: ToolRegistry, *, every: float = _RECONCILE_EVERY) -> None:
+    """Republish the catalog every `every` seconds (entries nobody refreshes go stale), and at
+    once when a tool server comes, goes or changes its tools."""
+    changed = asyncio.Event()
+    registry.on_change(changed.set)
+    while True:
+        changed.clear()
+        try:
+            await publish_tools(pool, registry)
+        except Exception:
+            log.exception("publishing the tool catalog failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), every)
 
 
 async def reconcile_queued_turns(
@@ -139,10 +157,9 @@ async def resignal_decisions(client: Client, pool: Pool, *, older_than_seconds: 
     return sent
 
 
-async def _reconcile_forever(client: Client, pool: Pool, settings: Settings, registry: ToolRegistry) -> None:
+async def _reconcile_forever(client: Client, pool: Pool, settings: Settings) -> None:
     while True:
         try:
-            await publish_tools(pool, registry)  # keeps this worker's catalog entries fresh
             await reconcile_queued_turns(client, pool, settings)
             await resignal_decisions(client, pool)
             await idempotency.forget_expired(pool)
@@ -160,18 +177,21 @@ async def run_worker(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    registry = build_registry(settings, pool)
+    registry = build_registry(settings, pool, tool_servers=True)
+    await registry.start()
     await publish_tools(pool, registry)
     worker = build_worker(client, pool, settings, registry)
-    reconciler = asyncio.create_task(_reconcile_forever(client, pool, settings, registry))
+    reconciler = asyncio.create_task(_reconcile_forever(client, pool, settings))
+    cataloguer = asyncio.create_task(keep_catalog_fresh(pool, registry))
     log.info("worker started", task_queue=settings.temporal_task_queue)
     try:
         async with worker:
             await stop.wait()
             log.info("worker stopping")
     finally:
-        reconciler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reconciler
+        for task in (reconciler, cataloguer):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await registry.aclose()
         await pool.close()

@@ -50,17 +50,19 @@ class ToolActivities:
         conversation = await conversations.get_by_id(self._pool, conversation_id=step.conversation_id)
         if message is None or conversation is None:
             raise ApplicationError("the turn's message or conversation is gone", type="internal_error")
-        allowed = {spec.name for spec in self._registry.for_conversation(conversation.tools)}
+        # What the conversation allows, not what is usable this instant: a tool whose server
+        # dropped since the model saw it is run anyway, to say so (or retry) with its reason.
+        allowed = None if conversation.tools is None else set(conversation.tools)
         plan = c.ToolPlan()
         for call in message.tool_calls or []:
             plan.calls.append(await self._plan_call(step, call, allowed))
         return plan
 
     async def _plan_call(
-        self, step: c.ToolStepInput, call: dict[str, Any], allowed: set[str]
+        self, step: c.ToolStepInput, call: dict[str, Any], allowed: set[str] | None
     ) -> c.PlannedCall:
         call_id, name = call["id"], call["function"]["name"]
-        tool = self._registry.get(name) if name in allowed else None
+        tool = self._registry.get(name) if allowed is None or name in allowed else None
         needs_person = tool is not None and tool.spec.requires_confirmation
         invalid: ToolFailed | None = None
         try:
@@ -260,6 +262,21 @@ async def _uninterrupted(work: Coroutine[Any, Any, Any]) -> Any:
         return await task
 
 
+# How much of an oversized result's JSON text is kept, as a preview the model can still read.
+_PREVIEW_CHARS = MAX_RESULT_CHARS // 2
+
+
+def _cut(content: str) -> dict[str, Any]:
+    """An oversized result as valid JSON: a note saying so and the start of its text. Built-in
+    tools cap their own results; this guards against tools (and servers) that do not."""
+    return {
+        "truncated": True,
+        "note": f"the result was {len(content):,} characters of JSON; only the first "
+        f"{_PREVIEW_CHARS:,} are kept, as text",
+        "preview": content[:_PREVIEW_CHARS],
+    }
+
+
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
@@ -317,12 +334,17 @@ async def _store_result(
                 "error",
             )
     if error is not None:
-        payload["error"] = error.as_result()
-        content = json.dumps({"error": error.as_result()}, ensure_ascii=False, default=str)
+        described = _storable(error.as_result())
+        content = json.dumps({"error": described}, ensure_ascii=False, default=str)
+        if len(content) > MAX_RESULT_CHARS:  # a server's error text can be as long as a result
+            described = _storable({"code": error.code, "message": error.message[:_PREVIEW_CHARS] + " …[cut]"})
+            content = json.dumps({"error": described}, ensure_ascii=False, default=str)
+        payload["error"] = described
     else:
+        if len(content) > MAX_RESULT_CHARS:
+            result = _cut(content)
+            content = json.dumps(result, ensure_ascii=False)
         payload["result"] = result
-    if len(content) > MAX_RESULT_CHARS:
-        content = content[:MAX_RESULT_CHARS] + " …[truncated]"
     async with pool.acquire() as conn, conn.transaction():
         await messages.upsert_tool_message(
             conn,

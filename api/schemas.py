@@ -192,3 +192,5 @@ class ToolPublic(BaseModel):
     requires_confirmation: bool
     source: str
     healthy: bool
+    # Why it is not healthy, for operators: "the tool server is unavailable: …", a changed definition.
+    problem: str | None = None

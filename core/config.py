@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     search_api_key: SecretStr | None = None
     search_timeout: Duration = timedelta(seconds=15)
 
+    # Tool servers (MCP over stdio or streamable HTTP, the simple HTTP tool protocol): a JSON
+    # file in the `mcpServers` shape other MCP clients use (docs/TOOLS.md, "Tool servers").
+    mcp_config: Path | None = None
+
     # fetch_page: non-public addresses are refused unless this is on (intranets, tests).
     fetch_allow_private_networks: bool = False
     fetch_timeout: Duration = timedelta(seconds=20)

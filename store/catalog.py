@@ -14,6 +14,8 @@ class CatalogTool(BaseModel):
     requires_confirmation: bool
     source: str
     healthy: bool
+    # Why it cannot be used now (server down, definition changed); None when it can.
+    problem: str | None = None
 
 
 async def publish(pool: Pool, *, tools: list[CatalogTool]) -> None:
@@ -22,17 +24,18 @@ async def publish(pool: Pool, *, tools: list[CatalogTool]) -> None:
         for tool in tools:
             await conn.execute(
                 "INSERT INTO tool_catalog (name, description, input_schema, requires_confirmation,"
-                " source, healthy, updated_at) VALUES ($1, $2, $3, $4, $5, $6, now())"
+                " source, healthy, problem, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now())"
                 " ON CONFLICT (name) DO UPDATE SET description = EXCLUDED.description,"
                 " input_schema = EXCLUDED.input_schema,"
                 " requires_confirmation = EXCLUDED.requires_confirmation, source = EXCLUDED.source,"
-                " healthy = EXCLUDED.healthy, updated_at = now()",
+                " healthy = EXCLUDED.healthy, problem = EXCLUDED.problem, updated_at = now()",
                 tool.name,
                 tool.description,
                 tool.input_schema,
                 tool.requires_confirmation,
                 tool.source,
                 tool.healthy,
+                tool.problem,
             )
 
 
@@ -44,7 +47,9 @@ FRESH_FOR = "60 seconds"
 async def list_tools(pool: Pool) -> list[CatalogTool]:
     rows = await pool.fetch(
         "SELECT name, description, input_schema, requires_confirmation, source,"
-        f" healthy AND updated_at > now() - interval '{FRESH_FOR}' AS healthy"
+        f" healthy AND updated_at > now() - interval '{FRESH_FOR}' AS healthy,"
+        f" CASE WHEN updated_at > now() - interval '{FRESH_FOR}' THEN problem"
+        "  ELSE 'no running worker offers it' END AS problem"
         " FROM tool_catalog ORDER BY name"
     )
     return [CatalogTool(**dict(r)) for r in rows]
@@ -52,7 +57,7 @@ async def list_tools(pool: Pool) -> list[CatalogTool]:
 
 async def get_tool(pool: Pool, *, name: str) -> CatalogTool | None:
     row = await pool.fetchrow(
-        "SELECT name, description, input_schema, requires_confirmation, source, healthy"
+        "SELECT name, description, input_schema, requires_confirmation, source, healthy, problem"
         " FROM tool_catalog WHERE name = $1",
         name,
     )

@@ -34,7 +34,7 @@ from tests.pageserver import PageServer
 from tests.searchserver import SearchServer
 from tests.shopdb import ShopDatabase
 from tools.registry import build_registry
-from worker import build_worker, publish_tools
+from worker import build_worker, keep_catalog_fresh, publish_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 __all__ = ["loopback_only"]  # a fixture, imported so that every test module can use it
@@ -172,14 +172,9 @@ async def temporal(settings: Settings) -> Client:
 @pytest.fixture(scope="session")
 async def worker(temporal: Client, pool: Pool, settings: Settings) -> AsyncIterator[None]:
     registry = build_registry(settings, pool)
-
-    async def keep_publishing() -> None:
-        while True:  # as `assistant worker` does, so the catalog stays fresh all session
-            await publish_tools(pool, registry)
-            await asyncio.sleep(10)
-
-    publisher = asyncio.create_task(keep_publishing())
-    await asyncio.sleep(0)
+    await publish_tools(pool, registry)
+    # As `assistant worker` does, so the catalog stays fresh all session.
+    publisher = asyncio.create_task(keep_catalog_fresh(pool, registry))
     async with build_worker(temporal, pool, settings, registry):
         yield
     publisher.cancel()

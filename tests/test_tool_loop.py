@@ -2,6 +2,7 @@
 result goes back to the model, and a tool that raises becomes an error result."""
 
 import asyncio
+import json
 import time
 import uuid
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from core.contracts import WORKFLOW_NAME, TurnOutcome
 from store import conversations, events, turns
 from tests.conftest import marker
-from tools.base import ToolContext, ToolSpec
+from tools.base import ToolContext, ToolFailed, ToolSpec
 from tools.registry import ToolRegistry
 from worker import build_worker
 from workflows.client import turn_input
@@ -146,3 +147,67 @@ async def test_a_result_is_stored_without_nul_or_lone_surrogates_and_nothing_els
     assert result["status"] == "ok"
     # A backslash followed by "u0000" is text, kept as it is; NUL goes, lone surrogates become U+FFFD.
     assert result["result"] == {"path": "C:\\u0000dir", "nul": "ab", "lone": "x\ufffdy", "key": ["\ufffd"]}
+
+
+class Huge:
+    """A tool that ignores every size limit: a 5 MB result, then a 5 MB error."""
+
+    spec = ToolSpec(
+        name="huge",
+        description="Return far too much.",
+        input_schema={
+            "type": "object",
+            "properties": {"fail": {"type": "boolean"}},
+            "additionalProperties": False,
+        },
+    )
+
+    def check(self, arguments: dict[str, Any]) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def run(self, arguments: dict[str, Any], context: ToolContext) -> Any:
+        if arguments.get("fail"):
+            raise ToolFailed("tool_error", "E" * 5_000_000)
+        return {"text": "x" * 5_000_000}
+
+
+async def test_an_oversized_result_is_cut_to_valid_json_with_a_note(pool, temporal, settings, model, user):
+    tag = marker()
+    calls = [
+        {"id": "call_ok", "name": "huge", "arguments": {}},
+        {"id": "call_err", "name": "huge", "arguments": {"fail": True}},
+    ]
+    model.script(tag, [{"kind": "tool_calls", "tool_calls": calls}, {"kind": "reply", "content": "ok"}])
+    conv = await conversations.create(
+        pool, user_id=user.id, title=None, system_prompt=None, model=None, tools=None, metadata={}
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        started = await turns.start_turn(conn, user_id=user.id, conversation_id=conv.id, content=tag)
+    assert started is not None
+    turn = started[1]
+    local = settings.model_copy(update={"temporal_task_queue": f"loop-{uuid.uuid4().hex[:8]}"})
+    async with build_worker(temporal, pool, local, ToolRegistry([Huge()])):
+        outcome = await temporal.execute_workflow(
+            WORKFLOW_NAME,
+            turn_input(turn_id=turn.id, conversation_id=conv.id, user_id=user.id, settings=local),
+            id=turn.id,
+            task_queue=local.temporal_task_queue,
+            result_type=TurnOutcome,
+        )
+    assert outcome.status == "completed"
+    log = await events.read_after(pool, turn_id=turn.id, after=0)
+    results = {e["tool_call_id"]: e for e in log if e["type"] == "tool_result"}
+    ok = results["call_ok"]["result"]
+    assert ok["truncated"] is True and "5,000,012 characters" in ok["note"]
+    assert ok["preview"].startswith('{"text": "xxx') and len(ok["preview"]) <= 50_000
+    error = results["call_err"]["error"]
+    assert error["code"] == "tool_error" and len(error["message"]) < 60_000
+    told = [m["content"] for m in model.requests(tag)[-1].body["messages"] if m["role"] == "tool"]
+    for content in told:
+        assert len(content) <= 100_000
+        json.loads(content)  # the model gets valid JSON, not a string cut mid-way
+    history = await temporal.get_workflow_handle(turn.id).fetch_history()
+    assert len(history.to_json()) < 200_000, "results live in PostgreSQL, not in the workflow history"

@@ -70,7 +70,9 @@ class ToolTemporarilyFailed(Exception):
 
 
 class Tool(Protocol):
-    spec: ToolSpec
+    @property
+    def spec(self) -> ToolSpec:
+        """What the model and the catalog see (a remote tool's may change while it runs)."""
 
     def check(self, arguments: dict[str, Any]) -> None:
         """Raise InvalidArguments for arguments the schema admits but the tool refuses."""

@@ -1,33 +1,79 @@
-"""The tools a worker can run, built once from the configuration, and their validation."""
+"""The tools a worker can run: built-in ones from the configuration, and those of tool servers."""
 
+import json
 from typing import Any
 
 import structlog
+from jsonschema.exceptions import SchemaError
 
 from core.config import Settings
-from tools.base import InvalidArguments, SchemaCheck, Tool, ToolSpec
+from store.db import Executor
+from tools.base import InvalidArguments, SchemaCheck, Tool, ToolFailed, ToolSpec
+from tools.remote import RemoteTools
+from tools.remote_base import ChangeListener
 
 log = structlog.get_logger(__name__)
 
 
 class ToolRegistry:
-    """Name → tool, with argument validation against each tool's schema."""
+    """Name → tool, with argument validation against each tool's schema.
 
-    def __init__(self, tools: list[Tool]) -> None:
+    Built-in tools are fixed for the worker's life; tools of tool servers (`remote`) come and
+    go with their servers, so lookups ask `remote` each time."""
+
+    def __init__(self, tools: list[Tool], remote: RemoteTools | None = None) -> None:
         self._tools = {tool.spec.name: tool for tool in tools}
-        self._checks = {tool.spec.name: SchemaCheck(tool.spec.input_schema) for tool in tools}
+        self._remote = remote
+        # By name and schema: a server may change a tool's schema while the worker runs.
+        self._checks: dict[tuple[str, str], SchemaCheck] = {}
+        for tool in tools:
+            self._check_for(tool.spec)
+
+    @property
+    def remote(self) -> RemoteTools | None:
+        return self._remote
+
+    async def start(self) -> None:
+        """Connect to the tool servers (the built-in tools need nothing)."""
+        if self._remote is not None:
+            await self._remote.start()
+
+    def on_change(self, listener: ChangeListener) -> None:
+        """Call `listener` whenever the remote tools or their health change."""
+        if self._remote is not None:
+            self._remote.on_change(listener)
+
+    async def sync(self, db: Executor) -> None:
+        """Record the remote tools' definitions against their pins (see tools/remote.py)."""
+        if self._remote is not None:
+            await self._remote.sync_pins(db)
 
     def specs(self) -> list[ToolSpec]:
-        return [tool.spec for tool in self._tools.values()]
+        """The tools that can be used now: every built-in one, and remote ones that are usable."""
+        usable = [e.spec for e in self._remote.entries() if e.usable] if self._remote else []
+        return [tool.spec for tool in self._tools.values()] + usable
+
+    def catalog(self) -> list[tuple[ToolSpec, str | None]]:
+        """Every tool with why it cannot be used now (None when it can), for the catalog."""
+        entries: list[tuple[ToolSpec, str | None]] = [(t.spec, None) for t in self._tools.values()]
+        if self._remote is not None:
+            entries += [(e.spec, e.problem) for e in self._remote.entries() if e.spec.name not in self._tools]
+        return entries
 
     def get(self, name: str) -> Tool | None:
-        return self._tools.get(name)
+        """The tool of that name, usable now or not (running it says why not)."""
+        tool = self._tools.get(name)
+        if tool is None and self._remote is not None:
+            return self._remote.get(name)
+        return tool
 
     def for_conversation(self, names: list[str] | None) -> list[ToolSpec]:
         """The tools a conversation may use now: all when `names` is None, else those named."""
+        usable = self.specs()
         if names is None:
-            return self.specs()
-        return [self._tools[n].spec for n in names if n in self._tools]
+            return usable
+        wanted = set(names)
+        return [spec for spec in usable if spec.name in wanted]
 
     async def aclose(self) -> None:
         """Close every tool's kept connections; one failing does not keep the others open."""
@@ -36,17 +82,34 @@ class ToolRegistry:
                 await tool.aclose()
             except Exception:
                 log.exception("closing a tool failed", tool=tool.spec.name)
+        if self._remote is not None:
+            await self._remote.aclose()
 
     def validate(self, name: str, arguments: dict[str, Any]) -> None:
         """Raise InvalidArguments unless the arguments fit the tool's schema and checks."""
-        errors = self._checks[name].errors(arguments)
+        tool = self.get(name)
+        if tool is None:
+            raise InvalidArguments(f"there is no tool named {name!r}")
+        try:
+            check = self._check_for(tool.spec)
+        except SchemaError as err:  # a tool server's schema; ours are checked at start
+            raise ToolFailed("tool_disabled", f"{name} cannot be used: its input schema is invalid") from err
+        errors = check.errors(arguments)
         if errors:
             raise InvalidArguments(f"invalid arguments for {name}: {'; '.join(errors)}", errors)
-        self._tools[name].check(arguments)
+        tool.check(arguments)
+
+    def _check_for(self, spec: ToolSpec) -> SchemaCheck:
+        key = (spec.name, json.dumps(spec.input_schema, sort_keys=True, default=str))
+        check = self._checks.get(key)
+        if check is None:
+            check = self._checks[key] = SchemaCheck(spec.input_schema)
+        return check
 
 
-def build_registry(settings: Settings, pool: Any) -> ToolRegistry:
-    """Every built-in tool whose configuration is present (fetch_page needs none)."""
+def build_registry(settings: Settings, pool: Any, *, tool_servers: bool = False) -> ToolRegistry:
+    """Every built-in tool whose configuration is present (fetch_page needs none), and with
+    `tool_servers` the servers of MCP_CONFIG (connected by `ToolRegistry.start`)."""
     from tools.email import SmtpConfig
     from tools.fetch_page import FetchPageTool
     from tools.query_database import QueryDatabaseTool
@@ -68,4 +131,9 @@ def build_registry(settings: Settings, pool: Any) -> ToolRegistry:
         if configured is not None:
             tools.append(configured)
     log.info("tools available", tools=[t.spec.name for t in tools])
-    return ToolRegistry(tools)
+    remote = None
+    if tool_servers and settings.mcp_config is not None:
+        from tools.servers import connect_tool_servers
+
+        remote = connect_tool_servers(settings.mcp_config)
+    return ToolRegistry(tools, remote)

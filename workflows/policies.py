@@ -59,6 +59,20 @@ TOOL_CALL: dict[str, dict[str, Any]] = {
             maximum_attempts=3,
         ),
     },
+    # Tools of tool servers: the server enforces its own per-call timeout (MCP_CONFIG
+    # `timeout`, at most 10 minutes) well inside this; retried only when the call surely
+    # never reached the server, since a remote tool call may not be safe to repeat.
+    "remote": {
+        "start_to_close_timeout": timedelta(minutes=11),
+        "heartbeat_timeout": timedelta(seconds=10),
+        "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        "retry_policy": RetryPolicy(
+            initial_interval=timedelta(seconds=1),
+            backoff_coefficient=2.0,
+            maximum_interval=timedelta(seconds=10),
+            maximum_attempts=3,
+        ),
+    },
     # A mail server that is down is waited for (the turn shows `tool_retry` events) for up
     # to an hour, then the model is told it is unavailable.
     "email": {
