@@ -10,6 +10,7 @@ COPY workflows workflows
 COPY activities activities
 COPY api api
 COPY fakemodel fakemodel
+COPY toolserver toolserver
 COPY cli.py devstack.py devrun.py worker.py ./
 RUN pip install --no-cache-dir . && useradd --system assistant
 USER assistant

@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Debian packages the tests use (checked by command), installed with apt-get when missing.
-DEBIAN_TEST_PACKAGES := docker-compose:docker-compose dovecot:dovecot-imapd openssl:openssl
+DEBIAN_TEST_PACKAGES := docker-compose:docker-compose dovecot:dovecot-imapd openssl:openssl git:git
 
 .PHONY: dev test lint bench bench-approvals clean debian-deps
 

@@ -87,6 +87,55 @@ def cmd_fake_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tool_server(args: argparse.Namespace) -> int:
+    from toolserver.run import run_tool_server
+
+    return run_tool_server(_settings(), host=args.host, port=args.port, stdio=args.stdio)
+
+
+def cmd_tools_list(args: argparse.Namespace) -> int:
+    from store import catalog
+    from store.db import create_pool
+
+    async def listed() -> list[catalog.CatalogTool]:
+        pool = await create_pool(_settings().require_database_url(), min_size=1, max_size=1)
+        try:
+            return await catalog.list_tools(pool)
+        finally:
+            await pool.close()
+
+    for tool in asyncio.run(listed()):
+        state = "ok" if tool.healthy else f"unavailable: {tool.problem or 'unknown'}"
+        gate = " (needs approval)" if tool.requires_confirmation else ""
+        print(f"{tool.name}  [{tool.source}]{gate}  {state}")
+    return 0
+
+
+def cmd_tools_trust(args: argparse.Namespace) -> int:
+    """Pin a server's tools to the definitions it offers now; workers re-enable them within seconds."""
+    from store import pins
+    from store.db import create_pool
+
+    async def trust() -> tuple[list[pins.Pin], list[pins.Pin]]:
+        pool = await create_pool(_settings().require_database_url(), min_size=1, max_size=1)
+        try:
+            return await pins.trust_server(pool, server=args.server), await pins.of_server(
+                pool, server=args.server
+            )
+        finally:
+            await pool.close()
+
+    moved, known = asyncio.run(trust())
+    if not known:
+        print(f"assistant: no tool of a server named {args.server!r} has been seen", file=sys.stderr)
+        return 1
+    for pin in moved:
+        print(f"trusted the new definition of {pin.name}")
+    if not moved:
+        print(f"every tool of {args.server} already matches its pin ({len(known)} tools)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="assistant", description="A durable AI assistant.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +164,23 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--port", type=int, default=8400)
     fake.add_argument("--token-delay", type=float, default=0.02, help="seconds between tokens")
     fake.set_defaults(func=cmd_fake_model)
+
+    tool_server = sub.add_parser(
+        "tool-server", help="serve the built-in tools over MCP and the simple protocol"
+    )
+    tool_server.add_argument("--host", default="127.0.0.1")
+    tool_server.add_argument("--port", type=int, default=8765)
+    tool_server.add_argument("--stdio", action="store_true", help="speak MCP on stdin/stdout instead of HTTP")
+    tool_server.set_defaults(func=cmd_tool_server)
+
+    tools_cmd = sub.add_parser("tools", help="the tools workers offer, and tool server trust")
+    tools_sub = tools_cmd.add_subparsers(dest="action", required=True)
+    tools_sub.add_parser("list", help="every tool, its source and whether it can be used").set_defaults(
+        func=cmd_tools_list
+    )
+    trust = tools_sub.add_parser("trust", help="accept a tool server's changed tool definitions")
+    trust.add_argument("server")
+    trust.set_defaults(func=cmd_tools_trust)
     return parser
 
 

@@ -119,6 +119,8 @@ class Settings(BaseSettings):
     # Tool servers (MCP over stdio or streamable HTTP, the simple HTTP tool protocol): a JSON
     # file in the `mcpServers` shape other MCP clients use (docs/TOOLS.md, "Tool servers").
     mcp_config: Path | None = None
+    # The bearer key of `assistant tool-server` over HTTP; generated and shown at start if unset.
+    tool_server_key: SecretStr | None = None
 
     # fetch_page: non-public addresses are refused unless this is on (intranets, tests).
     fetch_allow_private_networks: bool = False

@@ -43,8 +43,10 @@ async def read_sse(
         return events, source.response
 
 
-async def wait_turn(client: httpx.AsyncClient, turn_id: str, within: float = 60) -> dict[str, Any]:
-    """Poll with ?wait until the turn has ended."""
+async def wait_turn(
+    client: httpx.AsyncClient, turn_id: str, within: float = 60, until: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Poll with ?wait until the turn has ended (or reached a status of `until`)."""
     import time
 
     deadline = time.monotonic() + within
@@ -52,7 +54,7 @@ async def wait_turn(client: httpx.AsyncClient, turn_id: str, within: float = 60)
         response = await client.get(f"/api/v1/turns/{turn_id}", params={"wait": 10})
         assert response.status_code == 200, response.text
         turn = response.json()
-        if turn["status"] in ("completed", "failed", "cancelled") or time.monotonic() > deadline:
+        if turn["status"] in ("completed", "failed", "cancelled", *until) or time.monotonic() > deadline:
             return turn
 
 
@@ -82,3 +84,13 @@ async def wait_until_serving(url: str, proc: Any) -> None:
                 pass
             await asyncio.sleep(0.1)
     raise AssertionError(f"{url} did not start")
+
+
+def git_repository(path: Any) -> Any:
+    """A git repository at `path` with one commit ("the first commit"), for mcp-server-git."""
+    import subprocess
+
+    git = ["git", "-c", "user.name=Tester", "-c", "user.email=tester@example.test", "-C", str(path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "the first commit"], check=True)
+    return path
