@@ -5,8 +5,10 @@ and conversation, and script the model by a unique marker in their message."""
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -54,9 +56,12 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data_dir = tmp_path_factory.mktemp("stack")
-    stops = []
+def stack() -> Iterator[Stack]:
+    # Not under pytest's basetemp: a second pytest session on the machine resets
+    # /tmp/pytest-of-<user> to 0700, which would cut the embedded PostgreSQL (running as its
+    # own user when we are root) off from its data directory mid-run.
+    data_dir = Path(tempfile.mkdtemp(prefix="assistant-tests-"))
+    stops: list[Any] = [lambda: shutil.rmtree(data_dir, ignore_errors=True)]
     database_url = os.environ.get("TEST_DATABASE_URL")
     if not database_url:
         pg = EmbeddedPostgres(data_dir)

@@ -1,5 +1,6 @@
 """`McpConnection`: one MCP server, over stdio or streamable HTTP, kept connected for the
-worker's life (tools/remote_base.py's ToolServerConnection).
+worker's life (tools/remote_base.py's ToolServerConnection). The transports themselves (the
+stdio launcher, stderr capture, the watched HTTP client) are in tools/mcp_transport.py.
 
 Why it is built this way:
 
@@ -22,38 +23,24 @@ Why it is built this way:
   it twice): a timeout is `tool_timeout`, a connection lost mid-call `tool_server_disconnected`.
   Only a call made while disconnected, whose HTTP request could not even connect, or that a
   restarted HTTP server refused as part of a session it forgot (404), is ToolTemporarilyFailed;
-  the HTTP client below sees those through a context variable the SDK carries to the task
-  that makes the request. A timed-out call is cancelled with `notifications/cancelled`.
-- A stdio server gets the SDK's minimal environment (HOME, LOGNAME, PATH, SHELL, TERM, USER)
-  plus its configured `env`, never this process's secrets. On Linux it is started through a
-  small launcher that asks the kernel to kill it when the worker dies (PR_SET_PDEATHSIG, tied to
-  the event loop's thread, which spawns it; the SDK gives it its own session, so a terminal's
-  Ctrl-C does not reach it, and a server that ignores the end of its stdin would outlive a
-  killed worker). Its stderr goes to our log, the last lines kept to explain an exit.
+  the HTTP transport records which, per call, in a `Delivery`. A timed-out call is cancelled
+  with `notifications/cancelled`.
 """
 
 import asyncio
-import collections
 import contextlib
-import contextvars
 import os
 import shutil
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 import httpx2
 import structlog
 from mcp.client.session import ClientSession, IncomingMessage
-from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp.client.streamable_http import MCP_SESSION_ID, streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp.shared.message import SessionMessage
 from mcp.types import (
     CONNECTION_CLOSED,
     REQUEST_TIMEOUT,
@@ -67,6 +54,15 @@ from pydantic import ValidationError
 from tools.base import ToolFailed, ToolTemporarilyFailed
 from tools.mcp_config import ServerConfig
 from tools.mcp_results import compact_result
+from tools.mcp_transport import (
+    Delivery,
+    HttpRecord,
+    StderrLog,
+    WatchedStream,
+    http_transport,
+    stdio_transport,
+    tracked,
+)
 from tools.remote_base import ChangeListener, RemoteTool
 
 log = structlog.get_logger(__name__)
@@ -82,192 +78,11 @@ FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 CLOSE_TIMEOUT = 10.0  # the SDK's stdio shutdown alone may take 6 s (stdin, SIGTERM, SIGKILL)
 MAX_TOOL_PAGES = 100
-# One answer over HTTP; the SDK's default (1 MiB) would fail large results instead of cutting them.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-_STDERR_TAIL_LINES = 20
-_STDERR_DRAIN_WAIT = 0.5
 _PROBLEM_CHARS = 300
-# Runs the server with PR_SET_PDEATHSIG (1) = SIGKILL (9); execvp keeps the setting.
-_LAUNCHER = (
-    "import ctypes, os, sys\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, 9)\n"
-    "os.execvp(sys.argv[1], sys.argv[1:])\n"
-)
 
 
 class _Unavailable(Exception):
     """The server cannot be reached; the message says why, for operators."""
-
-
-@dataclass
-class _Delivery:
-    """What the HTTP transport learned about one request (a call or a ping)."""
-
-    never_sent: bool = False  # its connection could not be opened
-    # HTTP 404 to a request carrying a session id: the server forgot the session (it restarted)
-    # and refused the request unseen; the spec says to start a new session.
-    session_expired: bool = False
-
-
-_DELIVERY: contextvars.ContextVar[_Delivery | None] = contextvars.ContextVar("mcp_delivery", default=None)
-
-
-@contextlib.contextmanager
-def _tracked() -> Iterator[_Delivery]:
-    """A record of the requests sent in this block; the SDK carries the context variable to the
-    task that makes the HTTP request."""
-    delivery = _Delivery()
-    token = _DELIVERY.set(delivery)
-    try:
-        yield delivery
-    finally:
-        _DELIVERY.reset(token)
-
-
-class _HttpRecord:
-    """Watches the HTTP requests of one session: a call's request that could not connect (the
-    transport wrapper; behind a proxy from the environment, the proxy's transport is used and
-    such calls are reported on the safe side, as possibly run), a 404 to a session's request,
-    and the last error status, to explain a refused handshake (401: check the headers)."""
-
-    def __init__(self) -> None:
-        self.last_error_status: int | None = None
-
-    def client(self, config: ServerConfig) -> httpx2.AsyncClient:
-        return httpx2.AsyncClient(
-            headers=config.headers,
-            timeout=httpx2.Timeout(REQUEST_WAIT, read=None),  # calls and pings have their own
-            transport=_ConnectWatch(),
-            event_hooks={"response": [self._on_response]},
-        )
-
-    async def _on_response(self, response: httpx2.Response) -> None:
-        if response.status_code >= 400:
-            self.last_error_status = response.status_code
-        delivery = _DELIVERY.get()
-        if (
-            delivery is not None
-            and response.status_code == 404
-            and MCP_SESSION_ID in response.request.headers
-        ):
-            delivery.session_expired = True
-
-
-class _ConnectWatch(httpx2.AsyncBaseTransport):
-    """Marks a request whose connection could not be opened as never sent."""
-
-    def __init__(self) -> None:
-        self._inner = httpx2.AsyncHTTPTransport()
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        try:
-            return await self._inner.handle_async_request(request)
-        except (httpx2.ConnectError, httpx2.ConnectTimeout):
-            delivery = _DELIVERY.get()
-            if delivery is not None:
-                delivery.never_sent = True
-            raise
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class _WatchedStream:
-    """The transport's read stream, telling the supervisor when it ends (the process exited)."""
-
-    def __init__(self, inner: Any, on_end: asyncio.Event) -> None:
-        self._inner = inner
-        self._on_end = on_end
-        self.ended = False
-
-    @property
-    def last_context(self) -> contextvars.Context | None:
-        # The dispatcher runs handlers in the sender's context when the stream carries one.
-        return getattr(self._inner, "last_context", None)
-
-    async def receive(self) -> SessionMessage | Exception:
-        try:
-            item: SessionMessage | Exception = await self._inner.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self.ended = True
-            self._on_end.set()
-            raise
-        return item
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> SessionMessage | Exception:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-
-class _StderrLog:
-    """A stdio server's stderr: each line to our log, the last ones kept to explain an exit."""
-
-    def __init__(self, server: str) -> None:
-        self._server = server
-        self.tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
-        read_fd, write_fd = os.pipe()
-        self.child_end = os.fdopen(write_fd, "w")
-        self._our_end = os.fdopen(read_fd, "rb", buffering=0)
-        self._task = asyncio.create_task(self._pump(), name=f"mcp-stderr-{server}")
-
-    async def _pump(self) -> None:
-        reader = asyncio.StreamReader()
-        try:
-            transport, _ = await asyncio.get_running_loop().connect_read_pipe(
-                lambda: asyncio.StreamReaderProtocol(reader), self._our_end
-            )
-        except OSError:
-            log.exception("cannot read a tool server's stderr", server=self._server)
-            return
-        pending = b""
-        try:
-            while chunk := await reader.read(65536):
-                *lines, pending = (pending + chunk).split(b"\n")
-                pending = pending[-65536:]  # a line without end is cut, not buffered forever
-                for line in lines:
-                    self._record(line)
-            if pending:
-                self._record(pending)
-        finally:
-            transport.close()
-
-    def _record(self, raw: bytes) -> None:
-        line = raw.decode("utf-8", "replace").rstrip()
-        if line:
-            self.tail.append(line[:1000])
-            log.info("tool server stderr", server=self._server, line=line[:1000])
-
-    def last_line(self) -> str | None:
-        return self.tail[-1] if self.tail else None
-
-    async def drained(self) -> None:
-        """Wait a moment for the last lines of a process that has exited."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_STDERR_DRAIN_WAIT):
-                await asyncio.shield(self._task)
-
-    async def close(self) -> None:
-        self.child_end.close()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._our_end.close()  # if the pump never started; closing twice does nothing
 
 
 class McpConnection:
@@ -288,7 +103,7 @@ class McpConnection:
         self._ping_interval = ping_interval
         self._tools: list[RemoteTool] = []
         self._session: ClientSession | None = None
-        self._stream: _WatchedStream | None = None
+        self._stream: WatchedStream | None = None
         self._problem: str | None = "connecting"
         self._listeners: list[ChangeListener] = []
         self._supervisor: asyncio.Task[None] | None = None
@@ -300,8 +115,8 @@ class McpConnection:
         self._calls_running = 0
         self._sessions_opened = 0
         # Per session: where a stdio server's stderr goes, and the HTTP transport's record.
-        self._stderr: _StderrLog | None = None
-        self._http: _HttpRecord | None = None
+        self._stderr: StderrLog | None = None
+        self._http: HttpRecord | None = None
 
     @property
     def healthy(self) -> bool:
@@ -330,7 +145,7 @@ class McpConnection:
             raise ToolTemporarilyFailed(f"the tool server {self.name} is unavailable: {self._problem}")
         self._calls_running += 1
         try:
-            with _tracked() as delivery:
+            with tracked() as delivery:
                 result = await session.call_tool(tool, arguments, read_timeout_seconds=self._config.timeout)
         except MCPError as err:
             raise self._call_error(tool, err, delivery) from err
@@ -357,7 +172,7 @@ class McpConnection:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def _call_error(self, tool: str, err: MCPError, delivery: _Delivery) -> Exception:
+    def _call_error(self, tool: str, err: MCPError, delivery: Delivery) -> Exception:
         if delivery.session_expired:
             self._check_soon()
             return ToolTemporarilyFailed(f"the tool server {self.name} ended the session; reconnecting")
@@ -407,8 +222,8 @@ class McpConnection:
     async def _run_session(self) -> None:
         self._stderr, self._http = None, None
         async with AsyncExitStack() as stack:
-            read_stream, write_stream = await stack.enter_async_context(self._transport(stack))
-            stream = _WatchedStream(read_stream, self._wake)
+            read_stream, write_stream = await stack.enter_async_context(self._transport())
+            stream = WatchedStream(read_stream, self._wake)
             session = await stack.enter_async_context(
                 ClientSession(stream, write_stream, message_handler=self._on_message, client_info=CLIENT_INFO)
             )
@@ -424,7 +239,7 @@ class McpConnection:
                 if self._session is not None:  # _lost() says why once the session is torn down
                     self._session, self._problem = None, "disconnected"
 
-    async def _serve(self, session: ClientSession, stream: _WatchedStream) -> None:
+    async def _serve(self, session: ClientSession, stream: WatchedStream) -> None:
         """Initialize and list the tools, then watch the session until it is closed or lost."""
         try:
             with anyio.fail_after(self._handshake_timeout):
@@ -453,29 +268,21 @@ class McpConnection:
         await self._watch(session, stream)
 
     @asynccontextmanager
-    async def _transport(self, stack: AsyncExitStack) -> AsyncIterator[Any]:
+    async def _transport(self) -> AsyncIterator[Any]:
+        """The session's streams, keeping the HTTP record or the stderr log for `_describe`."""
         config = self._config
         if config.kind == "http":
-            assert config.url is not None
-            self._http = _HttpRecord()
-            client = await stack.enter_async_context(self._http.client(config))
-            async with streamable_http_client(
-                config.url, http_client=client, max_sse_event_size=MAX_MESSAGE_BYTES
-            ) as streams:
+            self._http = HttpRecord()
+            async with http_transport(config, self._http, request_wait=REQUEST_WAIT) as streams:
                 yield streams
             return
-        command, args = self._executable(config), config.args
-        if sys.platform == "linux":
-            command, args = sys.executable, ["-I", "-S", "-c", _LAUNCHER, command, *args]
-        parameters = StdioServerParameters(command=command, args=args, env=config.env, cwd=config.cwd)
-        self._stderr = stderr = _StderrLog(self.name)
-        stack.push_async_callback(stderr.close)
+        command = self._executable(config)
+        self._stderr = stderr = StderrLog(self.name)
         try:
-            async with stdio_client(parameters, errlog=stderr.child_end) as streams:
-                stderr.child_end.close()  # the child has its copy; EOF comes when it exits
+            async with stdio_transport(config, command, stderr) as streams:
                 yield streams
         finally:
-            stderr.child_end.close()
+            await stderr.close()
 
     def _executable(self, config: ServerConfig) -> str:
         """The command, if it can be run; _Unavailable otherwise (the launcher could only say
@@ -506,7 +313,7 @@ class McpConnection:
                 break
         return list(found.values())
 
-    async def _watch(self, session: ClientSession, stream: _WatchedStream) -> None:
+    async def _watch(self, session: ClientSession, stream: WatchedStream) -> None:
         """Serve the session until close (returns) or its loss (raises _Unavailable)."""
         missed_pings = 0
         while True:
@@ -538,7 +345,7 @@ class McpConnection:
 
     async def _pinged(self, session: ClientSession) -> bool:
         """Whether the server answered a ping in time; _Unavailable if the session is gone."""
-        with anyio.move_on_after(REQUEST_WAIT), _tracked() as delivery:
+        with anyio.move_on_after(REQUEST_WAIT), tracked() as delivery:
             try:
                 await session.send_ping()
             except MCPError as err:
