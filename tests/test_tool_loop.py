@@ -52,24 +52,19 @@ class SlowEcho:
             self.running -= 1
 
 
-async def test_ungated_calls_run_in_parallel_and_feed_the_next_step(pool, temporal, settings, model, user):
-    tag = marker()
-    calls = [{"id": f"call_{i}", "name": "slow_echo", "arguments": {"text": f"t{i}"}} for i in range(3)]
-    calls.append({"id": "call_fail", "name": "slow_echo", "arguments": {"text": "x", "fail": True}})
-    model.script(tag, [{"kind": "tool_calls", "tool_calls": calls}, {"kind": "reply", "content": "echoed"}])
+async def run_turn_with(
+    pool, temporal, settings, user, tools: list[Any], content: str
+) -> tuple[str, TurnOutcome]:
+    """A turn on a worker of its own whose registry holds only `tools`; its id and outcome."""
     conv = await conversations.create(
         pool, user_id=user.id, title=None, system_prompt=None, model=None, tools=None, metadata={}
     )
     async with pool.acquire() as conn, conn.transaction():
-        started = await turns.start_turn(
-            conn, user_id=user.id, conversation_id=conv.id, content=f"echo {tag}"
-        )
+        started = await turns.start_turn(conn, user_id=user.id, conversation_id=conv.id, content=content)
     assert started is not None
     turn = started[1]
-    echo = SlowEcho()
     local = settings.model_copy(update={"temporal_task_queue": f"loop-{uuid.uuid4().hex[:8]}"})
-    began = time.monotonic()
-    async with build_worker(temporal, pool, local, ToolRegistry([echo])):
+    async with build_worker(temporal, pool, local, ToolRegistry(tools)):
         outcome = await temporal.execute_workflow(
             WORKFLOW_NAME,
             turn_input(turn_id=turn.id, conversation_id=conv.id, user_id=user.id, settings=local),
@@ -77,10 +72,21 @@ async def test_ungated_calls_run_in_parallel_and_feed_the_next_step(pool, tempor
             task_queue=local.temporal_task_queue,
             result_type=TurnOutcome,
         )
+    return turn.id, outcome
+
+
+async def test_ungated_calls_run_in_parallel_and_feed_the_next_step(pool, temporal, settings, model, user):
+    tag = marker()
+    calls = [{"id": f"call_{i}", "name": "slow_echo", "arguments": {"text": f"t{i}"}} for i in range(3)]
+    calls.append({"id": "call_fail", "name": "slow_echo", "arguments": {"text": "x", "fail": True}})
+    model.script(tag, [{"kind": "tool_calls", "tool_calls": calls}, {"kind": "reply", "content": "echoed"}])
+    echo = SlowEcho()
+    began = time.monotonic()
+    turn_id, outcome = await run_turn_with(pool, temporal, settings, user, [echo], f"echo {tag}")
     assert outcome.status == "completed"
     assert echo.most_at_once == 4, "the four calls of the step ran at the same time"
     assert time.monotonic() - began < 3.5, "four 1 s calls in parallel, not 4 s in a row"
-    log = await events.read_after(pool, turn_id=turn.id, after=0)
+    log = await events.read_after(pool, turn_id=turn_id, after=0)
     results = {e["tool_call_id"]: e for e in log if e["type"] == "tool_result"}
     assert {k: v["result"] for k, v in results.items() if v["status"] == "ok"} == {
         f"call_{i}": {"echo": f"t{i}", "call": f"call_{i}"} for i in range(3)
@@ -125,24 +131,9 @@ async def test_a_result_is_stored_without_nul_or_lone_surrogates_and_nothing_els
             {"kind": "reply", "content": "ok"},
         ],
     )
-    conv = await conversations.create(
-        pool, user_id=user.id, title=None, system_prompt=None, model=None, tools=None, metadata={}
-    )
-    async with pool.acquire() as conn, conn.transaction():
-        started = await turns.start_turn(conn, user_id=user.id, conversation_id=conv.id, content=tag)
-    assert started is not None
-    turn = started[1]
-    local = settings.model_copy(update={"temporal_task_queue": f"loop-{uuid.uuid4().hex[:8]}"})
-    async with build_worker(temporal, pool, local, ToolRegistry([Hostile()])):
-        outcome = await temporal.execute_workflow(
-            WORKFLOW_NAME,
-            turn_input(turn_id=turn.id, conversation_id=conv.id, user_id=user.id, settings=local),
-            id=turn.id,
-            task_queue=local.temporal_task_queue,
-            result_type=TurnOutcome,
-        )
+    turn_id, outcome = await run_turn_with(pool, temporal, settings, user, [Hostile()], tag)
     assert outcome.status == "completed"
-    log = await events.read_after(pool, turn_id=turn.id, after=0)
+    log = await events.read_after(pool, turn_id=turn_id, after=0)
     result = next(e for e in log if e["type"] == "tool_result")
     assert result["status"] == "ok"
     # A backslash followed by "u0000" is text, kept as it is; NUL goes, lone surrogates become U+FFFD.
@@ -181,24 +172,9 @@ async def test_an_oversized_result_is_cut_to_valid_json_with_a_note(pool, tempor
         {"id": "call_err", "name": "huge", "arguments": {"fail": True}},
     ]
     model.script(tag, [{"kind": "tool_calls", "tool_calls": calls}, {"kind": "reply", "content": "ok"}])
-    conv = await conversations.create(
-        pool, user_id=user.id, title=None, system_prompt=None, model=None, tools=None, metadata={}
-    )
-    async with pool.acquire() as conn, conn.transaction():
-        started = await turns.start_turn(conn, user_id=user.id, conversation_id=conv.id, content=tag)
-    assert started is not None
-    turn = started[1]
-    local = settings.model_copy(update={"temporal_task_queue": f"loop-{uuid.uuid4().hex[:8]}"})
-    async with build_worker(temporal, pool, local, ToolRegistry([Huge()])):
-        outcome = await temporal.execute_workflow(
-            WORKFLOW_NAME,
-            turn_input(turn_id=turn.id, conversation_id=conv.id, user_id=user.id, settings=local),
-            id=turn.id,
-            task_queue=local.temporal_task_queue,
-            result_type=TurnOutcome,
-        )
+    turn_id, outcome = await run_turn_with(pool, temporal, settings, user, [Huge()], tag)
     assert outcome.status == "completed"
-    log = await events.read_after(pool, turn_id=turn.id, after=0)
+    log = await events.read_after(pool, turn_id=turn_id, after=0)
     results = {e["tool_call_id"]: e for e in log if e["type"] == "tool_result"}
     ok = results["call_ok"]["result"]
     assert ok["truncated"] is True and "5,000,012 characters" in ok["note"]
@@ -209,5 +185,5 @@ async def test_an_oversized_result_is_cut_to_valid_json_with_a_note(pool, tempor
     for content in told:
         assert len(content) <= 100_000
         json.loads(content)  # the model gets valid JSON, not a string cut mid-way
-    history = await temporal.get_workflow_handle(turn.id).fetch_history()
+    history = await temporal.get_workflow_handle(turn_id).fetch_history()
     assert len(history.to_json()) < 200_000, "results live in PostgreSQL, not in the workflow history"

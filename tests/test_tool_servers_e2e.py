@@ -6,6 +6,7 @@ dies takes only its own tools down, and a changed definition stays disabled unti
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 import uuid
@@ -23,6 +24,7 @@ from store import users
 from tests.conftest import ROOT, _serve, marker, subprocess_env
 from tests.helpers import create_conversation, git_repository, read_sse, start_turn_json, wait_turn
 from tests.mcpservers.process import HttpServerProcess
+from tests.test_tool_server import tool_server_process, wait_healthy
 from tools.registry import build_registry
 from worker import build_worker, keep_catalog_fresh, publish_tools
 
@@ -45,7 +47,36 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def mcp_config(lab: HttpServerProcess, repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def legacy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`assistant tool-server` (its simple HTTP tool protocol side), reading loopback pages."""
+    port, key = free_port(), "legacy-key-for-tests"
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/"),
+        "PYTHONPATH": str(ROOT),
+        "ASSISTANT_DATA_DIR": str(tmp_path_factory.mktemp("legacy")),
+        "FETCH_ALLOW_PRIVATE_NETWORKS": "true",
+        "TOOL_SERVER_KEY": key,
+    }
+    log = tmp_path_factory.mktemp("legacy-log") / "tool-server.log"
+    previous = os.environ.get("LEGACY_TOOLS_KEY")
+    os.environ["LEGACY_TOOLS_KEY"] = key  # MCP_CONFIG refers to it as ${LEGACY_TOOLS_KEY}
+    try:
+        with tool_server_process(env, log, "--port", str(port)) as proc:
+            url = f"http://127.0.0.1:{port}"
+            wait_healthy(url, proc, log)
+            yield url
+    finally:
+        if previous is None:
+            os.environ.pop("LEGACY_TOOLS_KEY", None)
+        else:
+            os.environ["LEGACY_TOOLS_KEY"] = previous
+
+
+@pytest.fixture(scope="module")
+def mcp_config(
+    lab: HttpServerProcess, repository: Path, legacy: str, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     path = tmp_path_factory.mktemp("mcp") / "mcp.json"
     path.write_text(
         json.dumps(
@@ -57,6 +88,11 @@ def mcp_config(lab: HttpServerProcess, repository: Path, tmp_path_factory: pytes
                         "args": ["--repository", str(repository)],
                     },
                     "lab": {"url": lab.url, "timeout": 3},
+                    "legacy": {
+                        "type": "http-tools",
+                        "url": legacy,
+                        "headers": {"Authorization": "Bearer ${LEGACY_TOOLS_KEY}"},
+                    },
                 },
                 "requireConfirmation": ["lab__grow"],
             }
@@ -161,6 +197,16 @@ async def test_a_second_third_party_server_in_a_turn_and_its_destructive_tool_is
     events, _ = await call_in_turn(client, model, "git__git_log", {"repo_path": str(repository)})
     outcome = result_of(events)
     assert outcome["status"] == "ok" and "the first commit" in json.dumps(outcome["result"])
+
+
+async def test_a_simple_http_tool_server_in_a_turn(client, model, pages):
+    tools = await tools_of(client)
+    assert tools["legacy__fetch_page"]["source"] == "http:legacy" and tools["legacy__fetch_page"]["healthy"]
+    pages.page("/legacy", "<html><head><title>Served by the tool server</title></head><body>hi</body></html>")
+    events, _ = await call_in_turn(client, model, "legacy__fetch_page", {"url": pages.url("/legacy")})
+    outcome = result_of(events)
+    assert outcome["status"] == "ok", outcome
+    assert outcome["result"]["title"] == "Served by the tool server"
 
 
 async def test_http_server_tools_are_listed_and_called(client, model):

@@ -71,6 +71,8 @@ class McpConfig:
 
     servers: list[ServerConfig]
     require_confirmation: list[str] = field(default_factory=list)
+    # Per tool (built-in or `<server>__<tool>`): whether it needs approval, whatever it declares.
+    confirmation: dict[str, bool] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> "McpConfig":
@@ -79,6 +81,12 @@ class McpConfig:
     def requires_confirmation(self, qualified_name: str) -> bool:
         """Whether `<server>__<tool>` matches a `requireConfirmation` pattern (case-sensitive)."""
         return any(fnmatch.fnmatchcase(qualified_name, pattern) for pattern in self.require_confirmation)
+
+    def needs_approval(self, name: str, declared: bool) -> bool:
+        """A tool's rule: its `confirmation` entry, else a matching pattern, else what it declares."""
+        if name in self.confirmation:
+            return self.confirmation[name]
+        return declared or self.requires_confirmation(name)
 
 
 def load_mcp_config(path: Path, environ: Mapping[str, str] = os.environ) -> McpConfig:
@@ -105,9 +113,10 @@ class _Parser:
     def config(self, document: Any) -> McpConfig:
         if not isinstance(document, dict):
             raise self.fail("(top level)", "must be a JSON object")
-        unknown = sorted(set(document) - {"mcpServers", "requireConfirmation"})
+        unknown = sorted(set(document) - {"mcpServers", "requireConfirmation", "confirmation"})
         if unknown:
-            raise self.fail(unknown[0], "unknown key (expected mcpServers, requireConfirmation)")
+            expected = "mcpServers, requireConfirmation, confirmation"
+            raise self.fail(unknown[0], f"unknown key (expected {expected})")
         servers = document.get("mcpServers")
         if not isinstance(servers, dict):
             raise self.fail("mcpServers", "must be an object of servers by name")
@@ -115,7 +124,13 @@ class _Parser:
         return McpConfig(
             servers=[server for server in parsed if server is not None],
             require_confirmation=self.patterns(document.get("requireConfirmation", [])),
+            confirmation=self.overrides(document.get("confirmation", {})),
         )
+
+    def overrides(self, value: Any) -> dict[str, bool]:
+        if not isinstance(value, dict) or not all(isinstance(v, bool) for v in value.values()):
+            raise self.fail("confirmation", "must be an object of tool names to true or false")
+        return dict(value)
 
     def patterns(self, value: Any) -> list[str]:
         if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):

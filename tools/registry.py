@@ -1,6 +1,8 @@
 """The tools a worker can run: built-in ones from the configuration, and those of tool servers."""
 
 import json
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -8,7 +10,7 @@ from jsonschema.exceptions import SchemaError
 
 from core.config import Settings
 from store.db import Executor
-from tools.base import InvalidArguments, SchemaCheck, Tool, ToolFailed, ToolSpec
+from tools.base import InvalidArguments, SchemaCheck, Tool, ToolContext, ToolFailed, ToolSpec
 from tools.remote import RemoteTools
 from tools.remote_base import ChangeListener
 
@@ -130,10 +132,48 @@ def build_registry(settings: Settings, pool: Any, *, tool_servers: bool = False)
     ):
         if configured is not None:
             tools.append(configured)
-    log.info("tools available", tools=[t.spec.name for t in tools])
     remote = None
     if tool_servers and settings.mcp_config is not None:
+        from tools.mcp_config import load_mcp_config
         from tools.servers import connect_tool_servers
 
-        remote = connect_tool_servers(settings.mcp_config)
+        config = load_mcp_config(settings.mcp_config)
+        tools = [_with_approval_rule(tool, config.needs_approval) for tool in tools]
+        remote = connect_tool_servers(config)
+    log.info("tools available", tools=[t.spec.name for t in tools])
     return ToolRegistry(tools, remote)
+
+
+def _with_approval_rule(tool: Tool, needs_approval: Callable[[str, bool], bool]) -> Tool:
+    """`tool` with MCP_CONFIG's approval rule for it; turning approval off is always logged."""
+    declared = tool.spec.requires_confirmation
+    wanted = needs_approval(tool.spec.name, declared)
+    if wanted == declared:
+        return tool
+    if declared:
+        log.warning(
+            "approval turned off by MCP_CONFIG: this tool runs without a person's approval",
+            tool=tool.spec.name,
+        )
+    return _ApprovalOverride(tool, replace(tool.spec, requires_confirmation=wanted))
+
+
+class _ApprovalOverride:
+    """A built-in tool whose need for approval the operator changed; everything else is its own."""
+
+    def __init__(self, tool: Tool, spec: ToolSpec) -> None:
+        self._tool = tool
+        self._spec = spec
+
+    @property
+    def spec(self) -> ToolSpec:
+        return self._spec
+
+    def check(self, arguments: dict[str, Any]) -> None:
+        self._tool.check(arguments)
+
+    async def run(self, arguments: dict[str, Any], context: ToolContext) -> Any:
+        return await self._tool.run(arguments, context)
+
+    async def aclose(self) -> None:
+        await self._tool.aclose()

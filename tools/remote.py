@@ -92,11 +92,11 @@ class RemoteTools:
         self,
         connections: list[ToolServerConnection],
         *,
-        requires_confirmation: Callable[[str], bool] = lambda name: False,
+        needs_approval: Callable[[str, bool], bool] = lambda name, declared: declared,
         sources: dict[str, str] | None = None,
     ) -> None:
         self._connections = connections
-        self._requires_confirmation = requires_confirmation
+        self._needs_approval = needs_approval
         self._sources = sources or {}
         self._known: dict[str, _Known] = {}
         # Pin state by qualified name: the definition hash that is trusted (None: not synced yet).
@@ -140,7 +140,7 @@ class RemoteTools:
             name=name,
             description=tool.description[:MAX_DESCRIPTION_CHARS],
             input_schema=tool.input_schema,
-            requires_confirmation=tool.destructive or self._requires_confirmation(name),
+            requires_confirmation=self._needs_approval(name, tool.destructive),
             source=self._sources.get(tool.server, f"mcp:{tool.server}"),
             policy="remote",
         )
