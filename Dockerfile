@@ -11,6 +11,7 @@ COPY activities activities
 COPY api api
 COPY fakemodel fakemodel
 COPY toolserver toolserver
+COPY chat chat
 COPY cli.py devstack.py devrun.py worker.py ./
 RUN pip install --no-cache-dir . && useradd --system assistant
 USER assistant

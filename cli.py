@@ -77,6 +77,12 @@ def cmd_users_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    from chat.app import run_chat
+
+    return run_chat(args)
+
+
 def cmd_fake_model(args: argparse.Namespace) -> int:
     from fakemodel import serve
 
@@ -158,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--json", action="store_true", help='print {"user_id","api_key"}')
     create.set_defaults(func=cmd_users_create)
+
+    from chat.app import add_arguments as add_chat_arguments
+
+    chat = sub.add_parser("chat", help="interactive terminal client of the API")
+    add_chat_arguments(chat)
+    chat.set_defaults(func=cmd_chat)
 
     fake = sub.add_parser("fake-model", help="the built-in OpenAI-compatible offline model")
     fake.add_argument("--host", default="127.0.0.1")

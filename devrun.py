@@ -92,7 +92,7 @@ class _DevRun:
             self.env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{port}/v1"
             self.env["OPENAI_API_KEY"] = "offline"
 
-    def publish_state(self) -> None:
+    def publish_state(self, host: str, port: int) -> None:
         """Let other commands in this data dir (`users create`, …) find the services."""
         state = self.settings.dev_state_path()
         state.write_text(
@@ -102,6 +102,7 @@ class _DevRun:
                     "database_url": self.env["DATABASE_URL"],
                     "temporal_address": self.env["TEMPORAL_ADDRESS"],
                     "openai_base_url": self.env["OPENAI_BASE_URL"] if self.offline else None,
+                    "api_url": _client_url(host, port),
                 }
             )
         )
@@ -157,7 +158,7 @@ def run_dev(*, host: str, port: int) -> int:
         ensure_port_free(host, port)
         run.start_services()
         secret = asyncio.run(_prepare_database(run.env["DATABASE_URL"], data_dir))
-        run.publish_state()
+        run.publish_state(host, port)
         run.start_processes(host, port)
         if run.offline:
             print("No model configured (OPENAI_BASE_URL/OPENAI_API_KEY): using the built-in offline model.")
@@ -176,3 +177,10 @@ def run_dev(*, host: str, port: int) -> int:
         return 1
     finally:
         run.stop()
+
+
+def _client_url(host: str, port: int) -> str:
+    """Where a client on this machine reaches the API: a wildcard bind is reached on loopback."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -1,0 +1,1 @@
+"""`assistant chat`: an interactive terminal client of the public HTTP API (API.md)."""
