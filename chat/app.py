@@ -73,8 +73,8 @@ class _Chat:
                     self.renderer.line("(a new conversation starts with your next message)")
                 elif text:
                     self._send(text)
-        except _Leave:
-            pass
+        except (_Leave, KeyboardInterrupt):  # a Ctrl-C between the places that expect one leaves too
+            self.renderer.spinner.stop()
         if not self.json_mode:
             print()
         return 0
@@ -136,5 +136,10 @@ class _Chat:
                     raise _Leave() from None
                 cancelling = True
                 self.renderer.line("(cancelling the turn; Ctrl-C again to leave)")
-                self.api.cancel(stream.turn_id)
+                try:
+                    self.api.cancel(stream.turn_id)
+                except KeyboardInterrupt:  # the second Ctrl-C came while the cancel was on its way
+                    self.api.cancel(stream.turn_id)  # idempotent: be sure it was sent, then leave
+                    self.renderer.spinner.stop()
+                    raise _Leave() from None
         self.renderer.spinner.stop()
