@@ -53,3 +53,10 @@ async def of_server(db: Executor, *, server: str) -> list[Pin]:
         "SELECT name, server, pinned_hash, seen_hash FROM tool_pins WHERE server = $1 ORDER BY name", server
     )
     return [Pin(**dict(r)) for r in rows]
+
+
+async def of_names(db: Executor, *, names: list[str]) -> dict[str, Pin]:
+    rows = await db.fetch(
+        "SELECT name, server, pinned_hash, seen_hash FROM tool_pins WHERE name = ANY($1)", names
+    )
+    return {r["name"]: Pin(**dict(r)) for r in rows}

@@ -83,6 +83,8 @@ class _Known:
     connection: ToolServerConnection
     spec: ToolSpec
     schema_problem: str | None
+    # Computed once per discovery: the catalog and every model step compare it with the pin.
+    definition_hash: str
 
 
 class RemoteTools:
@@ -131,7 +133,9 @@ class RemoteTools:
                 if name in known:
                     log.warning("two remote tools share a name; the second is ignored", tool=name)
                     continue
-                known[name] = _Known(tool, connection, self._spec(tool), _schema_problem(tool))
+                known[name] = _Known(
+                    tool, connection, self._spec(tool), _schema_problem(tool), definition_hash(tool)
+                )
         self._known = known
 
     def _spec(self, tool: RemoteTool) -> ToolSpec:
@@ -148,14 +152,18 @@ class RemoteTools:
     async def sync_pins(self, db: Executor) -> None:
         """Record what each server offers now and learn which definitions are trusted."""
         pinned: dict[str, str] = {}
-        for name, known in list(self._known.items()):
-            pin = await pins.observe(
-                db,
-                name=name,
-                server=known.tool.server,
-                definition_hash=definition_hash(known.tool),
-                definition=_definition(known.tool),
-            )
+        known_now = dict(self._known)
+        recorded = await pins.of_names(db, names=list(known_now))
+        for name, known in known_now.items():
+            pin = recorded.get(name)
+            if pin is None or pin.seen_hash != known.definition_hash:  # write only what is new
+                pin = await pins.observe(
+                    db,
+                    name=name,
+                    server=known.tool.server,
+                    definition_hash=known.definition_hash,
+                    definition=_definition(known.tool),
+                )
             pinned[name] = pin.pinned_hash
             if pin.changed and self._pinned.get(name) != pin.pinned_hash:
                 log.warning(
@@ -171,7 +179,7 @@ class RemoteTools:
         pinned = self._pinned.get(known.spec.name)
         if pinned is None:
             return "its definition has not been checked against its pin yet"
-        if pinned != definition_hash(known.tool):
+        if pinned != known.definition_hash:
             return (
                 f"the server {known.tool.server!r} changed this tool's definition since it was "
                 f"pinned; an operator must run `assistant tools trust {known.tool.server}`"
