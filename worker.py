@@ -85,17 +85,17 @@ async def publish_tools(pool: Pool, registry: ToolRegistry) -> None:
 
 async def keep_catalog_fresh(pool: Pool, registry: ToolRegistry, *, every: float = _RECONCILE_EVERY) -> None:
     """Republish the catalog every `every` seconds (entries nobody refreshes go stale), and at
-    once when a tool server comes, goes or changes its tools."""
+    once when a tool server comes, goes or changes its tools. The caller publishes first."""
     changed = asyncio.Event()
     registry.on_change(changed.set)
     while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), every)
         changed.clear()
         try:
             await publish_tools(pool, registry)
         except Exception:
             log.exception("publishing the tool catalog failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), every)
 
 
 async def reconcile_queued_turns(

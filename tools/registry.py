@@ -31,10 +31,6 @@ class ToolRegistry:
         for tool in tools:
             self._check_for(tool.spec)
 
-    @property
-    def remote(self) -> RemoteTools | None:
-        return self._remote
-
     async def start(self) -> None:
         """Connect to the tool servers (the built-in tools need nothing)."""
         if self._remote is not None:
