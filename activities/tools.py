@@ -7,7 +7,6 @@ approval, when a person edited them), and results are written as tool messages w
 
 import asyncio
 import json
-import re
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -23,7 +22,14 @@ from core import contracts as c
 from core.ids import tool_message_id
 from store import approvals, conversations, events, messages
 from store.db import Pool
-from tools.base import InvalidArguments, ToolContext, ToolFailed, ToolTemporarilyFailed, parse_arguments
+from tools.base import (
+    InvalidArguments,
+    ToolContext,
+    ToolFailed,
+    ToolTemporarilyFailed,
+    parse_arguments,
+    storable_text,
+)
 from tools.registry import ToolRegistry
 
 log = structlog.get_logger(__name__)
@@ -277,13 +283,10 @@ def _cut(content: str) -> dict[str, Any]:
     }
 
 
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
 def _storable(value: Any) -> Any:
     """`value` without what jsonb refuses: NUL is dropped, a lone surrogate becomes U+FFFD."""
     if isinstance(value, str):
-        return _UNSTORABLE.sub(lambda m: "" if m.group() == "\x00" else "\ufffd", value)
+        return storable_text(value)
     if isinstance(value, dict):
         return {_storable(str(k)): _storable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

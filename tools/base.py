@@ -119,6 +119,14 @@ def parse_arguments(raw: str | dict[str, Any]) -> dict[str, Any]:
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(text: str) -> str:
+    """`text` as jsonb can hold it: NUL dropped, a lone surrogate made U+FFFD."""
+    if not _UNSTORABLE.search(text):
+        return text
+    return _UNSTORABLE.sub(lambda m: "" if m.group() == "\x00" else "\ufffd", text)
 
 
 def _check_storable(value: Any) -> None:

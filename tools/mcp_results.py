@@ -13,7 +13,6 @@ import base64
 import binascii
 import json
 import math
-import re
 from typing import Any
 
 from mcp.types import (
@@ -27,14 +26,13 @@ from mcp.types import (
     TextResourceContents,
 )
 
-from tools.base import ToolFailed
+from tools.base import ToolFailed, storable_text
 
 DEFAULT_MAX_CHARS = 60_000
 # How much of a failing tool's error text the model reads.
 MAX_ERROR_CHARS = 4_000
 # Room kept for `truncated` and `note`, which are added after measuring.
 _NOTE_ROOM = 200
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def compact_result(result: CallToolResult, *, max_chars: int = DEFAULT_MAX_CHARS) -> Any:
@@ -140,9 +138,7 @@ def _clean(value: Any) -> Any:
     """`value` as jsonb stores it: NUL dropped and lone surrogates made U+FFFD (in keys too),
     NaN and infinities made null."""
     if isinstance(value, str):
-        if not _UNSTORABLE.search(value):
-            return value
-        return _UNSTORABLE.sub(lambda m: "" if m.group() == "\x00" else "\ufffd", value)
+        return storable_text(value)
     if isinstance(value, dict):
         return {_clean(str(k)): _clean(v) for k, v in value.items()}
     if isinstance(value, list):
