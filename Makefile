@@ -8,9 +8,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Debian packages the tests use (checked by command), installed with apt-get when missing.
-DEBIAN_TEST_PACKAGES := docker-compose:docker-compose dovecot:dovecot-imapd openssl:openssl git:git
+DEBIAN_TEST_PACKAGES := docker-compose:docker-compose dovecot:dovecot-imapd openssl:openssl git:git chromium:chromium
 
-.PHONY: dev test lint bench bench-approvals clean debian-deps
+MARKED_VERSION ?= 18.2.1
+DOMPURIFY_VERSION ?= 3.4.18
+
+.PHONY: dev test lint bench bench-approvals clean debian-deps vendor-web
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,3 +48,17 @@ bench-approvals: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .assistant .mypy_cache .ruff_cache
+
+# The web UI's two libraries, vendored as published on the npm registry (versions in
+# api/static/vendor/VERSIONS); run this to update them, then commit the files.
+vendor-web:
+	@set -e; tmp=$$(mktemp -d); cd $$tmp; \
+	npm pack --silent marked@$(MARKED_VERSION) dompurify@$(DOMPURIFY_VERSION) >/dev/null; \
+	for f in *.tgz; do mkdir $${f%.tgz}; tar xzf $$f -C $${f%.tgz}; done; \
+	cd $(CURDIR)/api/static/vendor; \
+	cp $$tmp/marked-*/package/lib/marked.umd.js marked.umd.js; \
+	cp $$tmp/marked-*/package/LICENSE LICENSE.marked; \
+	cp $$tmp/dompurify-*/package/dist/purify.min.js purify.min.js; \
+	cp $$tmp/dompurify-*/package/LICENSE LICENSE.dompurify; \
+	printf 'marked %s\ndompurify %s\n' $(MARKED_VERSION) $(DOMPURIFY_VERSION) > VERSIONS; \
+	rm -rf $$tmp; echo "vendored marked $(MARKED_VERSION), dompurify $(DOMPURIFY_VERSION)"

@@ -3,14 +3,11 @@ that owns the pool, the Temporal connector and the event hub."""
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse
-from fastapi.staticfiles import StaticFiles
 
-from api import problems
+from api import problems, webui
 from api.hub import EventHub
 from api.idempotency import IdempotencyMiddleware
 from api.middleware import EdgeMiddleware
@@ -52,12 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
-    static = Path(__file__).parent / "static"
-    app.mount("/static", StaticFiles(directory=static), name="static")
-
-    @app.get("/", include_in_schema=False)
-    async def web_ui() -> FileResponse:
-        return FileResponse(static / "index.html")
+    webui.install(app)
 
     # Outermost first: the edge sets the request id and limits the body before anything reads it.
     if settings.allowed_origins:

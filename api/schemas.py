@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tools.email_preview import EmailPreview
+
 # Request JSON is an annotation or a call's arguments, not a document; the limit also keeps
 # it well inside what the response serializer accepts (it fails at ~255 levels).
 MAX_JSON_DEPTH = 32
@@ -183,6 +185,8 @@ class ApprovalPublic(BaseModel):
     decided_at: datetime | None
     decided_by: str | None
     reason: str | None
+    # For send_email: the message as approving it would send it (None if the arguments are invalid).
+    preview: EmailPreview | None = None
 
 
 class ToolPublic(BaseModel):

@@ -3,9 +3,10 @@
 from api.schemas import ApprovalPublic, MessagePublic, TurnError, TurnPublic, UsagePublic
 from store import approvals, messages, turns
 from store.db import Executor
+from tools.email_preview import email_preview
 
 
-async def turn_public(pool: Executor, turn: turns.Turn) -> TurnPublic:
+async def turn_public(pool: Executor, turn: turns.Turn, *, sender: str | None) -> TurnPublic:
     usage = await turns.usage(pool, turn_id=turn.id)
     pending = await approvals.pending_for_turn(pool, turn_id=turn.id)
     output = None
@@ -21,11 +22,15 @@ async def turn_public(pool: Executor, turn: turns.Turn) -> TurnPublic:
         finished_at=turn.finished_at,
         error=TurnError(**turn.error) if turn.error else None,
         usage=UsagePublic(**usage.model_dump()),
-        pending_approvals=[approval_public(a).model_dump(mode="json") for a in pending],
+        pending_approvals=[
+            approval_public(a, sender=sender).model_dump(mode="json", by_alias=True) for a in pending
+        ],
         last_seq=turn.last_seq,
         output=output,
     )
 
 
-def approval_public(approval: approvals.Approval) -> ApprovalPublic:
-    return ApprovalPublic(**approval.model_dump(exclude={"user_id"}))
+def approval_public(approval: approvals.Approval, *, sender: str | None) -> ApprovalPublic:
+    """`sender` is the configured SMTP_FROM, shown in the preview of an email to approve."""
+    preview = email_preview(approval.arguments, sender=sender) if approval.tool == "send_email" else None
+    return ApprovalPublic(**approval.model_dump(exclude={"user_id"}), preview=preview)

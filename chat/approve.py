@@ -13,7 +13,7 @@ from typing import Any
 
 from chat.client import ApiClient, ApiError
 from chat.render import Renderer
-from tools.email_message import html_to_text, looks_like_html
+from tools.email_message import body_parts
 
 Ask = Callable[[str], str]
 
@@ -30,7 +30,7 @@ def preview(tool: str, arguments: dict[str, Any], sender: str | None) -> list[st
             lines.append(f"  {field.replace('_', '-') + ':':<8} {shown}")
     lines.append(f"  subject: {arguments.get('subject', '')}")
     body = str(arguments.get("body", ""))
-    text = html_to_text(body) if looks_like_html(body) else body
+    text = body_parts(body)[0]
     lines.append("  " + "-" * 40)
     lines.extend("  " + line for line in text.rstrip("\n").splitlines())
     lines.append("  " + "-" * 40)

@@ -29,6 +29,7 @@ from fakemodel import FakeModelServer
 from store import users
 from store.db import Pool, create_pool
 from store.migrate import migrate
+from tests.browser import browser, browsing
 from tests.imapserver import DovecotServer, ImapUser
 from tests.loopback_only import AccessLog, loopback_only
 from tests.mailserver import MailServer
@@ -39,7 +40,8 @@ from tools.registry import build_registry
 from worker import build_worker, keep_catalog_fresh, publish_tools
 
 ROOT = Path(__file__).resolve().parent.parent
-__all__ = ["loopback_only"]  # a fixture, imported so that every test module can use it
+# Fixtures, imported so that every test module can use them.
+__all__ = ["browser", "browsing", "loopback_only"]
 
 
 @pytest.fixture(autouse=True)

@@ -446,3 +446,27 @@ async def test_a_decision_past_expiry_is_refused_and_the_row_says_expired(user, 
     result = next(e for e in await events_of(user, turn["id"]) if e["type"] == "tool_result")
     assert result["result"] == {"status": "rejected", "reason": "approval expired"}
     assert mail.messages(tag) == []
+
+
+async def test_an_email_approval_previews_the_message_that_approving_sends(user, model, mail, settings):
+    tag = marker()
+    attachment = {"filename": "notes.txt", "content_type": "text/plain", "content_base64": "aGVsbG8="}
+    arguments = email_args(tag, cc=["carol@example.test"], attachments=[attachment])
+    turn, approval = await park(user, model, tag, arguments)
+    preview = (await user.client.get(f"/api/v1/approvals/{approval['id']}")).json()["preview"]
+    assert approval["preview"] == preview, "the turn's pending approval carries the same preview"
+    assert preview["from"] == settings.smtp_from
+    assert (preview["to"], preview["cc"], preview["bcc"]) == (
+        ["bob@example.test"],
+        ["carol@example.test"],
+        [],
+    )
+    assert preview["subject"] == f"Report {tag}" and preview["html"] == arguments["body"]
+    assert preview["attachments"] == [{"filename": "notes.txt", "content_type": "text/plain", "size": 5}]
+    ok = await user.client.post(f"/api/v1/approvals/{approval['id']}", json={"decision": "approve"})
+    assert ok.json()["preview"] == preview
+    assert (await wait_turn(user.client, turn["id"]))["status"] == "completed"
+    sent = mail.messages(tag)[0].message
+    assert sent["From"] == preview["from"] and sent["Subject"] == preview["subject"]
+    assert sent.get_body(preferencelist=("plain",)).get_content().replace("\r\n", "\n") == preview["text"]
+    assert sent.get_body(preferencelist=("html",)).get_content().strip() == preview["html"]

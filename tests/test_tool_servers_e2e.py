@@ -239,6 +239,7 @@ async def test_a_destructive_tool_waits_for_approval_then_runs(client, model):
     assert turn["status"] == "awaiting_approval", turn
     (approval,) = turn["pending_approvals"]
     assert approval["tool"] == "lab__delete_record" and approval["arguments"] == {"record_id": "r-7"}
+    assert approval["preview"] is None, "only an email has a message preview"
     decided = await client.post(f"/api/v1/approvals/{approval['id']}", json={"decision": "approve"})
     assert decided.status_code == 200, decided.text
     assert (await wait_turn(client, turn_id))["status"] == "completed"

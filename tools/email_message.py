@@ -272,10 +272,7 @@ def _build(request: EmailRequest, *, sender: Address, message_id: str, date: dat
     msg["Subject"] = request.subject
     msg["Date"] = date or datetime.now(UTC)
     msg["Message-ID"] = message_id
-    if looks_like_html(request.body):
-        text, html = html_to_text(request.body), request.body
-    else:
-        text, html = request.body, text_to_html(request.body)
+    text, html = body_parts(request.body)
     msg.set_content(text)
     msg.add_alternative(html, subtype="html")
     for item in request.attachments:
@@ -458,6 +455,13 @@ def html_to_text(html: str) -> str:
     parser.close()
     lines = [line.rstrip() for line in "".join(parser.parts).split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
+
+
+def body_parts(body: str) -> tuple[str, str]:
+    """The plain-text and HTML parts a body is sent as: one of them is derived from the other."""
+    if looks_like_html(body):
+        return html_to_text(body), body
+    return body, text_to_html(body)
 
 
 def looks_like_html(body: str) -> bool:

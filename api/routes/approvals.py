@@ -11,7 +11,7 @@ import structlog
 from fastapi import APIRouter, Query
 from jsonschema import Draft202012Validator
 
-from api.deps import CurrentUser, PageDep, StoreDep, TemporalDep
+from api.deps import CurrentUser, PageDep, SettingsDep, StoreDep, TemporalDep
 from api.problems import Problem
 from api.schemas import ApprovalDecision, ApprovalPublic, list_of
 from api.views import approval_public
@@ -33,10 +33,14 @@ _REFUSALS = {
 
 @router.get("")
 async def list_approvals(
-    caller: CurrentUser, pool: StoreDep, page: PageDep, status: Annotated[Status | None, Query()] = None
+    caller: CurrentUser,
+    pool: StoreDep,
+    page: PageDep,
+    settings: SettingsDep,
+    status: Annotated[Status | None, Query()] = None,
 ) -> Any:
     items, result = await approvals.list_page(pool, user_id=caller.id, status=status, page=page)
-    return list_of([approval_public(a) for a in items], has_more=result.has_more)
+    return list_of([approval_public(a, sender=settings.smtp_from) for a in items], has_more=result.has_more)
 
 
 async def _approval_or_404(pool: Any, user_id: str, approval_id: str) -> approvals.Approval:
@@ -47,13 +51,18 @@ async def _approval_or_404(pool: Any, user_id: str, approval_id: str) -> approva
 
 
 @router.get("/{approval_id}", response_model=ApprovalPublic)
-async def get_approval(approval_id: str, caller: CurrentUser, pool: StoreDep) -> Any:
-    return approval_public(await _approval_or_404(pool, caller.id, approval_id))
+async def get_approval(approval_id: str, caller: CurrentUser, pool: StoreDep, settings: SettingsDep) -> Any:
+    return approval_public(await _approval_or_404(pool, caller.id, approval_id), sender=settings.smtp_from)
 
 
 @router.post("/{approval_id}", response_model=ApprovalPublic)
 async def decide(
-    approval_id: str, body: ApprovalDecision, caller: CurrentUser, pool: StoreDep, temporal: TemporalDep
+    approval_id: str,
+    body: ApprovalDecision,
+    caller: CurrentUser,
+    pool: StoreDep,
+    temporal: TemporalDep,
+    settings: SettingsDep,
 ) -> Any:
     current = await _approval_or_404(pool, caller.id, approval_id)
     if body.arguments is not None:
@@ -95,7 +104,7 @@ async def decide(
             temporal, turn_id=approval.turn_id, approval_id=approval.id, decision=decision
         ):
             await approvals.mark_signalled(pool, approval_id=approval.id)
-    return approval_public(approval)
+    return approval_public(approval, sender=settings.smtp_from)
 
 
 async def _check_arguments(pool: Any, tool: str, arguments: dict[str, Any]) -> None:

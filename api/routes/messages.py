@@ -99,7 +99,8 @@ async def post_message(
             message, turn = started
             turn_id = turn.id
             started_body = MessageTurnStarted(
-                message=MessagePublic(**message.model_dump()), turn=await turn_public(conn, turn)
+                message=MessagePublic(**message.model_dump()),
+                turn=await turn_public(conn, turn, sender=settings.smtp_from),
             ).model_dump(mode="json")
             if key is not None:
                 await idempotency.complete(

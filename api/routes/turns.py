@@ -39,11 +39,15 @@ async def _turn_or_404(pool: Any, user_id: str, turn_id: str) -> turns.Turn:
 
 
 @router.get("/conversations/{conversation_id}/turns")
-async def list_turns(conversation_id: str, caller: CurrentUser, pool: StoreDep, page: PageDep) -> Any:
+async def list_turns(
+    conversation_id: str, caller: CurrentUser, pool: StoreDep, page: PageDep, settings: SettingsDep
+) -> Any:
     if await conversations.get(pool, user_id=caller.id, conversation_id=conversation_id) is None:
         raise Problem(404, "not_found", f"no conversation {conversation_id}")
     items, result = await turns.list_page(pool, user_id=caller.id, conversation_id=conversation_id, page=page)
-    return list_of([await turn_public(pool, t) for t in items], has_more=result.has_more)
+    return list_of(
+        [await turn_public(pool, t, sender=settings.smtp_from) for t in items], has_more=result.has_more
+    )
 
 
 @router.get("/turns/{turn_id}", response_model=TurnPublic, response_model_exclude_none=False)
@@ -52,6 +56,7 @@ async def get_turn(
     caller: CurrentUser,
     pool: StoreDep,
     hub: HubDep,
+    settings: SettingsDep,
     wait: Annotated[float, Query(ge=0, le=60)] = 0,
 ) -> Any:
     turn = await _turn_or_404(pool, caller.id, turn_id)
@@ -63,7 +68,7 @@ async def get_turn(
             return not await _settled(pool, turn)
 
         await wait_for_change(hub, turn_id=turn_id, still_waiting=still_running, seconds=wait)
-    return await turn_public(pool, turn)
+    return await turn_public(pool, turn, sender=settings.smtp_from)
 
 
 def _resume_point(after: int | None, last_event_id: str | None) -> int:
@@ -115,7 +120,9 @@ async def turn_events(
 
 
 @router.post("/turns/{turn_id}/cancel", status_code=202, response_model=TurnPublic)
-async def cancel_turn(turn_id: str, caller: CurrentUser, pool: StoreDep, temporal: TemporalDep) -> Any:
+async def cancel_turn(
+    turn_id: str, caller: CurrentUser, pool: StoreDep, temporal: TemporalDep, settings: SettingsDep
+) -> Any:
     turn = await _turn_or_404(pool, caller.id, turn_id)
     if await turns.request_cancel(pool, user_id=caller.id, turn_id=turn_id):
         try:
@@ -126,7 +133,7 @@ async def cancel_turn(turn_id: str, caller: CurrentUser, pool: StoreDep, tempora
             # The workflow never started (or is gone): end the turn here.
             await turns.finish(pool, turn_id=turn_id, status="cancelled", terminal_event=("cancelled", {}))
         turn = await _turn_or_404(pool, caller.id, turn_id)
-    return await turn_public(pool, turn)
+    return await turn_public(pool, turn, sender=settings.smtp_from)
 
 
 def wants_json(accept: str) -> bool:
