@@ -128,7 +128,7 @@ class _Chat:
                 for event in events:
                     self.renderer.event(event)
                     if event["type"] == "approval_required" and not self.json_mode:
-                        approve.decide(self.api, self.renderer, event, ask=input, sender=self.config.sender)
+                        approve.decide(self.api, self.renderer, event, ask=input)
             except (KeyboardInterrupt, EOFError):
                 events.close()
                 if cancelling:

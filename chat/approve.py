@@ -41,11 +41,10 @@ def preview(tool: str, arguments: dict[str, Any], sender: str | None) -> list[st
     return lines
 
 
-def decide(
-    api: ApiClient, renderer: Renderer, event: dict[str, Any], *, ask: Ask, sender: str | None
-) -> None:
+def decide(api: ApiClient, renderer: Renderer, event: dict[str, Any], *, ask: Ask) -> None:
     """Ask about one pending approval until it is decided (or found already decided)."""
     approval = api.approval(event["approval_id"])
+    sender = (approval.get("preview") or {}).get("from")  # the server's SMTP_FROM
     if approval["status"] != "pending":
         return  # replayed from an earlier session: it was answered already
     renderer.line(f"approval needed for {approval['tool']} (expires {approval['expires_at']}):")

@@ -20,7 +20,6 @@ class ChatConfig:
     url: str
     key: str
     data_dir: Path
-    sender: str | None  # SMTP_FROM when this machine shares the server's configuration
 
 
 def resolve(*, url: str | None, key: str | None, settings: Settings) -> ChatConfig:
@@ -37,7 +36,7 @@ def resolve(*, url: str | None, key: str | None, settings: Settings) -> ChatConf
             "no API key: pass --key or set ASSISTANT_API_KEY; create one with `assistant users create NAME`,"
             f" or run `assistant dev` (it leaves a login key in {data_dir})"
         )
-    return ChatConfig(url=url.rstrip("/"), key=key, data_dir=data_dir, sender=settings.smtp_from)
+    return ChatConfig(url=url.rstrip("/"), key=key, data_dir=data_dir)
 
 
 def last_conversation(data_dir: Path) -> str | None:

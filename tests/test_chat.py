@@ -154,10 +154,12 @@ async def test_approving_with_y_sends_exactly_one_message(settings, api_url, use
     script_email(model, tag, email_args(tag, cc=["carol@example.test"]), then="Sent it.")
 
     def converse() -> int:
-        child = chat(settings, api_url, user.key, tmp_path)
+        # The client's own SMTP_FROM differs: the preview shows the sender the server uses.
+        child = chat(settings, api_url, user.key, tmp_path, SMTP_FROM="client@example.test")
         child.expect("> ")
         child.sendline(f"please mail {tag}")
         child.expect("approval needed for send_email")
+        child.expect_exact(f"from:    {settings.smtp_from}")  # the server's sender, from its preview
         child.expect("to: +bob@example.test")
         child.expect("cc: +carol@example.test")
         child.expect_exact(f"subject: Report {tag}")
