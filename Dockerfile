@@ -12,7 +12,7 @@ COPY api api
 COPY fakemodel fakemodel
 COPY toolserver toolserver
 COPY chat chat
-COPY cli.py devstack.py devrun.py worker.py ./
+COPY cli.py devstack.py devrun.py devmail.py worker.py ./
 RUN pip install --no-cache-dir . && useradd --system assistant
 USER assistant
 ENV LOG_FORMAT=json

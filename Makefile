@@ -13,7 +13,7 @@ DEBIAN_TEST_PACKAGES := docker-compose:docker-compose dovecot:dovecot-imapd open
 MARKED_VERSION ?= 18.2.1
 DOMPURIFY_VERSION ?= 3.4.18
 
-.PHONY: dev test lint bench bench-approvals clean debian-deps vendor-web
+.PHONY: dev test lint bench bench-approvals clean debian-deps vendor-web screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
+
+# The README's picture of the web UI, taken by the browser tests.
+screenshots: $(STAMP) debian-deps
+	UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_web_ui.py -k query_and_an_email
 
 bench: $(STAMP)
 	$(BIN)/python bench/turn_latency.py

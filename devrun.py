@@ -5,6 +5,7 @@ Ctrl-C. The service addresses are published in the data dir while it runs, so ot
 commands there (`assistant users create`) reach the same embedded database.
 """
 
+import importlib.util
 import json
 import os
 import signal
@@ -67,6 +68,7 @@ class _DevRun:
             if value:
                 self.env[name] = value
         self.offline = not settings.openai_base_url and not settings.openai_api_key
+        self.mail_dir: Path | None = None  # where the mail catcher keeps email, when it runs
         self._stops: list[Callable[[], None]] = []
         self.children: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -84,6 +86,8 @@ class _DevRun:
             self._stops.append(temporal.stop)
             assert temporal.proc is not None
             self.children["temporal"] = temporal.proc
+        if not self.settings.smtp_host:
+            self._start_mail_catcher()
         if self.offline:
             port = free_port()
             log = self.data_dir / "fake-model.log"
@@ -91,6 +95,29 @@ class _DevRun:
             wait_for_port(port, model, timeout=30, what="built-in model", log=log)
             self.env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{port}/v1"
             self.env["OPENAI_API_KEY"] = "offline"
+
+    def _start_mail_catcher(self) -> None:
+        """With no SMTP server configured, email goes to files in the data dir, so that an
+        approved email in a demo lands somewhere visible (and never leaves the machine)."""
+        if importlib.util.find_spec("aiosmtpd") is None:
+            return  # installed without the dev extras: send_email stays unavailable
+        port = free_port()
+        self.mail_dir = self.data_dir / "mail"
+        log = self.data_dir / "mail.log"
+        catcher = spawn(
+            [sys.executable, "-m", "devmail", "--port", str(port), "--dir", str(self.mail_dir)],
+            env=self.env,
+            log_path=log,
+        )
+        self._stops.append(lambda: stop_process(catcher))
+        self.children["mail catcher"] = catcher
+        wait_for_port(port, catcher, timeout=30, what="the mail catcher", log=log)
+        self.env.update(
+            SMTP_HOST="127.0.0.1",
+            SMTP_PORT=str(port),
+            SMTP_TLS="none",
+            SMTP_FROM=self.settings.smtp_from or "Assistant <assistant@localhost>",
+        )
 
     def publish_state(self, host: str, port: int) -> None:
         """Let other commands in this data dir (`users create`, …) find the services."""
@@ -162,6 +189,8 @@ def run_dev(*, host: str, port: int) -> int:
         run.start_processes(host, port)
         if run.offline:
             print("No model configured (OPENAI_BASE_URL/OPENAI_API_KEY): using the built-in offline model.")
+        if run.mail_dir is not None:
+            print(f"No SMTP server configured (SMTP_HOST): approved email is kept in {run.mail_dir}.")
         print(f"Assistant running. Open http://{host}:{port}/#key={secret}")
         print(f"API: http://{host}:{port}/api/v1  (Authorization: Bearer {secret})")
         print("Press Ctrl-C to stop.", flush=True)

@@ -1,7 +1,9 @@
-"""The production compose file is valid (Debian's docker-compose validates it; no engine runs here)."""
+"""The deployment files: the production compose file is valid (Debian's docker-compose validates it;
+no engine runs here), and the image holds everything the package installs."""
 
 import shutil
 import subprocess
+import tomllib
 
 from tests.conftest import ROOT
 
@@ -26,3 +28,14 @@ def test_compose_runs_every_process_of_the_service():
     )
     services = set(result.stdout.split())
     assert {"postgres", "temporal", "temporal-ui", "migrate", "api", "worker", "mailpit"} <= services
+
+
+def test_the_image_copies_every_module_the_package_installs():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    copied = set()
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY "):
+            copied.update(line.split()[1:-1])
+    modules = {f"{name}.py" for name in project["py-modules"]}
+    packages = {pattern.rstrip("*") for pattern in project["packages"]["find"]["include"]}
+    assert modules | packages <= copied, f"not copied into the image: {(modules | packages) - copied}"

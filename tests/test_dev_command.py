@@ -1,6 +1,8 @@
 """`assistant dev` as a person runs it: one command, a URL with a key, a streamed reply,
 `assistant users create` beside it, Ctrl-C stops every child, and data survives a restart."""
 
+import email
+import email.policy
 import json
 import os
 import re
@@ -24,7 +26,11 @@ _URL = re.compile(r"Open (http://127\.0\.0\.1:\d+)/#key=(sk-asst-[A-Za-z0-9]+)")
 
 
 def _env(data_dir) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "TEMPORAL_", "OPENAI_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_URL", "TEMPORAL_", "OPENAI_", "SMTP_"))
+    }
     env.update({"ASSISTANT_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING"})
     return env
 
@@ -86,6 +92,33 @@ def _stream_reply(base: str, key: str, conversation_id: str, content: str) -> li
         return [json.loads(e.data) for e in source.iter_sse()]
 
 
+def _approve_a_demo_email(base: str, headers: dict[str, str], conversation_id: str, mail_dir: Path) -> None:
+    """With no SMTP configured, dev's mail catcher keeps the approved email as a file."""
+    started = httpx.post(
+        f"{base}/api/v1/conversations/{conversation_id}/messages",
+        json={"content": "Please send an email to bob@example.com saying the report is ready"},
+        headers={**headers, "Accept": "application/json"},
+    )
+    assert started.status_code == 202, started.text
+    turn_url = f"{base}/api/v1/turns/{started.json()['turn']['id']}"
+    turn = httpx.get(turn_url, params={"wait": 30}, headers=headers, timeout=40).json()
+    assert turn["status"] == "awaiting_approval", turn
+    assert not list(mail_dir.glob("*.eml")), "nothing is sent before the approval"
+    (approval,) = turn["pending_approvals"]
+    decided = httpx.post(
+        f"{base}/api/v1/approvals/{approval['id']}", json={"decision": "approve"}, headers=headers
+    )
+    assert decided.status_code == 200, decided.text
+    for _ in range(30):
+        turn = httpx.get(turn_url, params={"wait": 10}, headers=headers, timeout=20).json()
+        if turn["status"] == "completed":
+            break
+    assert turn["status"] == "completed", turn
+    (kept,) = mail_dir.glob("*.eml")
+    message = email.message_from_bytes(kept.read_bytes(), policy=email.policy.default)
+    assert message["To"] == "bob@example.com" and message["From"] == approval["preview"]["from"]
+
+
 def test_dev_runs_everything_and_stops_cleanly(tmp_path):
     data_dir = tmp_path / "data"
     port = free_port()
@@ -103,12 +136,14 @@ def test_dev_runs_everything_and_stops_cleanly(tmp_path):
         assert second.returncode == 1 and "already running" in second.stderr
         try:
             assert any("built-in offline model" in line for line in lines)
+            assert any("approved email is kept in" in line for line in lines)
             headers = {"Authorization": f"Bearer {key}"}
             conv = httpx.post(f"{base}/api/v1/conversations", json={"title": "dev"}, headers=headers).json()
             events = _stream_reply(base, key, conv["id"], "What are you?")
             assert events[-1]["type"] == "complete"
             assert "What are you?" in events[-1]["content"]  # the demo model echoes the question
             assert "".join(e["content"] for e in events if e["type"] == "token") == events[-1]["content"]
+            _approve_a_demo_email(base, headers, conv["id"], data_dir / "mail")
 
             created = subprocess.run(
                 [sys.executable, "-m", "cli", "users", "create", "alice", "--json"],
@@ -139,7 +174,8 @@ def test_dev_runs_everything_and_stops_cleanly(tmp_path):
                 f"{base}/api/v1/conversations/{conv['id']}/messages",
                 headers={"Authorization": f"Bearer {key}"},
             ).json()["data"]
-            assert [m["role"] for m in messages] == ["user", "assistant"]
+            roles = [m["role"] for m in messages]
+            assert roles == ["user", "assistant", "user", "assistant", "tool", "assistant"]
         finally:
             alive = _stop_dev(proc)
         assert alive == []

@@ -1,5 +1,8 @@
 """Service-level behaviour: health, OpenAPI, keep-alive pings, and turns left queued."""
 
+import posixpath
+import re
+
 import httpx
 
 from devstack import free_port
@@ -82,10 +85,24 @@ async def test_turn_left_queued_is_started_by_the_reconciler(user, model, pool, 
     assert done["output"]["content"] == "recovered"
 
 
-async def test_web_page_is_served(api_url):
+async def test_web_page_is_served_with_every_file_it_loads(api_url):
+    """The page, its scripts and styles, and every module they import, served as what they are."""
     async with httpx.AsyncClient(base_url=api_url) as client:
         page = await client.get("/")
-        script = await client.get("/static/chat.js")
-    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert '<script src="/static/chat.js">' in page.text
-    assert script.status_code == 200 and "textContent" in script.text
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        wanted = re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text)
+        assert "/static/app.js" in wanted and "/static/vendor/purify.min.js" in wanted
+        seen = set()
+        while wanted:
+            path = wanted.pop()
+            if path in seen:
+                continue
+            seen.add(path)
+            response = await client.get(path)
+            assert response.status_code == 200, path
+            kind = "text/css" if path.endswith(".css") else "javascript"
+            assert kind in response.headers["content-type"], (path, response.headers["content-type"])
+            base = path.rsplit("/", 1)[0]
+            for imported in re.findall(r'from\s+"(\./[^"]+)"', response.text):
+                wanted.append(posixpath.normpath(f"{base}/{imported}"))
+    assert len([p for p in seen if p.startswith("/static/js/")]) >= 3, seen
