@@ -14,6 +14,7 @@ from api.webui import STATIC, install
 from tests.browser import Browsing, open_page, poll_texts, stored_messages
 from tests.conftest import ROOT, marker
 from tests.helpers import create_conversation, start_turn_json, wait_turn
+from tests.pageserver import Reply
 from tests.test_approvals import script_email
 
 SCREENSHOT = ROOT / "docs" / "images" / "web-ui-approval.png"
@@ -208,7 +209,8 @@ async def test_an_email_is_previewed_edited_and_approved(user, browsing, api_url
     html = sent.message.get_body(preferencelist=("html",)).get_content()
     assert "Hello <b>Bob</b>, here is the plan." in html
     assert [part.get_filename() for part in sent.message.iter_attachments()] == ["plan.txt"]
-    turn = await latest_turn(user, conversation["id"])
+    # The reply shows before the turn's last events are written: wait for the end.
+    turn = await wait_turn(user.client, (await latest_turn(user, conversation["id"]))["id"])
     assert turn["status"] == "completed"
 
 
@@ -352,7 +354,9 @@ async def test_cancel_stops_a_running_turn(user, browsing, api_url, model):
     await expect(page.locator(".turn-cancelled")).to_be_visible()
     await expect(page.locator("#cancel")).to_be_hidden()
     await expect(page.locator("#message")).to_be_enabled()
-    assert (await latest_turn(user, conversation["id"]))["status"] == "cancelled"
+    assert (await wait_turn(user.client, (await latest_turn(user, conversation["id"]))["id"]))[
+        "status"
+    ] == "cancelled"
 
 
 async def test_a_failed_turn_says_why_and_whether_retrying_helps(user, browsing, api_url, model):
@@ -523,3 +527,121 @@ async def test_a_hostile_email_body_runs_nothing_in_its_preview(user, browsing, 
     assert await inner.evaluate("1 + 1") == 2  # the frame is there and readable by the test…
     assert await inner.evaluate("window.__inner") is None, "…but its scripts never ran"
     assert tracker_path not in pages.paths, "a remote image in the email loaded"
+
+
+async def saved_key(browsing: Browsing) -> str | None:
+    key: str | None = await browsing.page.evaluate("localStorage.getItem('assistant.key')")
+    return key
+
+
+async def follow_link(browsing: Browsing, url: str) -> None:
+    """Opens `url` as a new page load (not a same-page fragment change)."""
+    await browsing.page.goto("about:blank")
+    await browsing.page.goto(url)
+
+
+async def test_a_link_with_a_refused_key_replaces_no_saved_key(user, browsing, api_url):
+    page = browsing.page
+    await browsing.login(api_url, user.key)
+    name = await page.locator("#user-name").text_content()
+    await follow_link(browsing, f"{api_url}/#key=sk-asst-not-a-real-key")
+    await expect(page.locator("#notice")).to_contain_text("refused")
+    await expect(page.locator("#app")).to_be_visible()  # still logged in with the saved key
+    await expect(page.locator("#user-name")).to_have_text(name or "")
+    assert "key=" not in page.url
+    assert await saved_key(browsing) == user.key
+    await page.reload()
+    await expect(page.locator("#user-name")).to_have_text(name or "")
+
+
+async def test_a_link_with_another_users_key_asks_before_replacing_the_saved_one(
+    user, make_user, browsing, api_url
+):
+    page = browsing.page
+    other = await make_user("someone-else")
+    await browsing.login(api_url, user.key)
+    mine = await page.locator("#user-name").text_content()
+    await follow_link(browsing, f"{api_url}/#key={other.key}")
+    choice = page.locator("#key-choice")
+    await expect(choice).to_be_visible()
+    await expect(choice).to_contain_text("someone-else")
+    await expect(page.locator("#app")).to_be_hidden()
+    assert await saved_key(browsing) == user.key, "nothing replaced before the user says so"
+    await page.click("#keep-key")
+    await expect(page.locator("#user-name")).to_have_text(mine or "")
+    assert await saved_key(browsing) == user.key
+
+    await follow_link(browsing, f"{api_url}/#key={other.key}")
+    await page.click("#use-new-key")
+    await expect(page.locator("#user-name")).to_have_text("someone-else")
+    assert await saved_key(browsing) == other.key
+    await page.reload()
+    await expect(page.locator("#user-name")).to_have_text("someone-else")
+
+
+async def test_a_malformed_link_shows_the_login_screen_with_an_error(user, browsing, api_url):
+    page = browsing.page
+    await page.goto(f"{api_url}/#key=%E0")
+    await expect(page.locator("#login")).to_be_visible()
+    await expect(page.locator("#login-error")).to_contain_text("could not be read")
+    await expect(page.locator("#app")).to_be_hidden()
+    assert await saved_key(browsing) is None
+    # A malformed conversation in the fragment opens none; the key beside it still logs in.
+    await follow_link(browsing, f"{api_url}/#key={user.key}&c=%E0")
+    await expect(page.locator("#app")).to_be_visible()
+    await expect(page.locator("li.conversation[aria-current='page']")).to_have_count(0)
+    # (the browsing fixture fails the test on any uncaught page error)
+
+
+async def test_a_double_click_on_new_conversation_creates_one(user, browsing, api_url):
+    page = browsing.page
+    await browsing.login(api_url, user.key)
+    await page.dblclick("#new-conversation")
+    items = page.locator("#conversation-list li.conversation")
+    await expect(items).to_have_count(1)
+    await expect(page.locator("#new-conversation")).to_be_enabled()
+    await asyncio.sleep(0.5)  # time for a second creation, were one under way
+    listed = (await user.client.get("/api/v1/conversations")).json()["data"]
+    assert len(listed) == 1, listed
+    await expect(items).to_have_count(1)
+
+
+async def test_cancelling_during_a_tool_call_settles_its_card(user, browsing, api_url, model, pages):
+    """The tool's page answers 503, so fetch_page waits to try again (1 s, then 2 s): cancelled
+    in that wait, the call never gets a result, and its card, still running as the turn ends
+    cancelled, must say so rather than spin on."""
+    page = browsing.page
+    tag = marker()
+    path = f"/busy/{tag.strip('[]')}"
+    pages.route(path, Reply(503, {"Content-Type": "text/plain"}, b"busy"))
+    model.script(
+        tag,
+        [
+            {
+                "kind": "tool_calls",
+                "tool_calls": [{"name": "fetch_page", "arguments": {"url": pages.url(path)}}],
+            },
+            {"kind": "reply", "content": "Never shown."},
+        ],
+    )
+    conversation = await open_conversation(user, browsing, api_url)
+    await browsing.send(f"fetch {tag}")
+    card = page.locator(".tool-card").last
+    await expect(card.locator(".tool-name")).to_have_text("fetch_page")
+    await expect(card).to_have_attribute("data-status", "running")
+    for _ in range(400):  # the second attempt failed: 2 s until the third
+        if pages.paths.count(path) >= 2:
+            break
+        await asyncio.sleep(0.02)
+    assert pages.paths.count(path) == 2, pages.paths.count(path)
+    await asyncio.sleep(0.3)
+    await page.click("#cancel")
+    await expect(page.locator(".turn-cancelled")).to_be_visible()
+    await expect(page.locator("#cancel")).to_be_hidden()
+    await expect(card).not_to_have_attribute("data-status", "running")
+    await expect(card.locator(".tool-state")).to_contain_text("cancelled")
+    assert pages.paths.count(path) == 2, "no attempt after the cancel"
+    turn = await wait_turn(user.client, (await latest_turn(user, conversation["id"]))["id"])
+    assert turn["status"] == "cancelled"
+    await page.reload()  # the stored transcript says the same
+    await expect(page.locator(".tool-card").last.locator(".tool-state")).to_contain_text("cancelled")

@@ -2,7 +2,7 @@
 // replies, tool calls and approvals, and the approvals inbox. Only public /api/v1 routes.
 
 import { ApiError, api, auth, listAll } from "./js/api.js";
-import { approvalCard, configureApprovals, updateApproval } from "./js/approval.js";
+import { approvalCard, clearApprovalCards, configureApprovals, forgetApprovalCards, updateApproval } from "./js/approval.js";
 import { ConversationView } from "./js/transcript.js";
 import { $, el, sleep, titleFrom, uuid } from "./js/util.js";
 
@@ -13,8 +13,12 @@ const state = {
   view: null,
   turnId: null,
   sending: false,
-  inboxTimer: null,
+  creating: null, // the "+ New conversation" being created and opened (a promise), or null
+  inboxTimer: null, // the next poll of pending approvals
   inboxSoon: null,
+  inboxPoll: null, // the running poll loop (its generation), or null
+  inboxPaused: false, // the page is hidden: polling waits for it to show again
+  inboxDelay: 3000, // 3 s, doubled up to 30 s while polls fail
   noticeTimer: null,
   toolSchemas: null,
 };
@@ -46,27 +50,41 @@ function problem(err) {
 
 // ---- log-in -------------------------------------------------------------------------------
 
+/**
+ * The `key` of the address's fragment, taken out of the address bar (it is not kept in the
+ * history): {key} for a key, {malformed: true} for one that cannot be decoded, {} for none.
+ * Nothing is stored: the key is checked first (start).
+ */
 function readFragment() {
-  const params = location.hash.replace(/^#/, "").split("&").filter(Boolean).map((part) => {
-    const cut = part.indexOf("=");
-    return cut < 0 ? [part, ""] : [part.slice(0, cut), decodeURIComponent(part.slice(cut + 1))];
-  });
-  const key = params.find(([name]) => name === "key");
-  if (key) {
-    auth.key = key[1];
-    const rest = params.filter(([name]) => name !== "key").map(([n, v]) => `${n}=${encodeURIComponent(v)}`).join("&");
-    history.replaceState(null, "", location.pathname + location.search + (rest ? `#${rest}` : ""));
+  const parts = location.hash.replace(/^#/, "").split("&").filter(Boolean);
+  const keyPart = parts.find((part) => part === "key" || part.startsWith("key="));
+  if (keyPart === undefined) return {};
+  const rest = parts.filter((part) => part !== "key" && !part.startsWith("key=")).join("&");
+  history.replaceState(null, "", location.pathname + location.search + (rest ? `#${rest}` : ""));
+  try {
+    const key = decodeURIComponent(keyPart.slice(4)).trim();
+    return key ? { key } : {};
+  } catch {
+    return { malformed: true }; // e.g. #key=%E0
   }
 }
 
 function hashConversation() {
   const match = /(?:^#|&)c=([^&]+)/.exec(location.hash);
-  return match ? decodeURIComponent(match[1]) : null;
+  if (!match) return null;
+  try {
+    return decodeURIComponent(match[1]);
+  } catch {
+    return null; // e.g. #c=%E0: no conversation to open
+  }
 }
 
 function showLogin(message = "") {
+  stopInbox();
   $("app").hidden = true;
   $("login").hidden = false;
+  $("key-choice").hidden = true;
+  $("login-form").hidden = false;
   const error = $("login-error");
   error.textContent = message;
   error.hidden = !message;
@@ -76,6 +94,7 @@ function showLogin(message = "") {
 
 function logout(message = "") {
   auth.key = null;
+  state.creating = null;
   state.me = null;
   state.view?.destroy();
   state.view = null;
@@ -83,11 +102,11 @@ function logout(message = "") {
   state.turnId = null;
   state.conversations = [];
   state.toolSchemas = null;
-  clearInterval(state.inboxTimer);
-  state.inboxTimer = null;
+  stopInbox();
   $("conversation-list").replaceChildren();
   $("transcript").replaceChildren();
   closeInbox();
+  clearApprovalCards();
   showNotice("");
   showLogin(message);
 }
@@ -105,8 +124,7 @@ async function enter(me) {
   $("logout").title = `Log out ${me.name || me.id}`;
   setStatus("idle");
   setTurn(null);
-  state.inboxTimer = setInterval(refreshInbox, 3000);
-  refreshInbox();
+  startInbox();
   try {
     await loadConversations();
   } catch (err) {
@@ -117,20 +135,83 @@ async function enter(me) {
   else $("message").focus();
 }
 
-async function start() {
-  readFragment();
-  if (!auth.key) {
-    showLogin();
-    return;
-  }
+/** Who `key` belongs to, or null when it is refused; throws when the server cannot say. */
+async function whoIs(key) {
   try {
-    const me = await api("/auth/me", { key: auth.key });
-    await enter(me);
+    return await api("/auth/me", { key });
   } catch (err) {
-    if (err instanceof ApiError && err.status === 401) {
+    if (err instanceof ApiError && err.status === 401) return null;
+    throw err;
+  }
+}
+
+function userLabel(me) {
+  return me.name ? `${me.name} (${me.id})` : me.id;
+}
+
+/** A link's key for another user than the saved key's: the user picks (no key replaced unasked). */
+function askWhichKey(linked, saved, linkKey) {
+  $("login").hidden = false;
+  $("app").hidden = true;
+  $("login-form").hidden = true;
+  $("login-error").hidden = true;
+  $("key-choice-text").textContent = `This link logs in with another key (user ${userLabel(linked)}). `
+    + `This browser is logged in with your saved key (user ${userLabel(saved)}).`;
+  $("key-choice").hidden = false;
+  const use = $("use-new-key");
+  const keep = $("keep-key");
+  const choose = async (useNew) => {
+    use.onclick = null;
+    keep.onclick = null;
+    $("key-choice").hidden = true;
+    $("login-form").hidden = false;
+    if (useNew) auth.key = linkKey;
+    await enter(useNew ? linked : saved);
+  };
+  use.onclick = () => choose(true);
+  keep.onclick = () => choose(false);
+  use.focus();
+}
+
+async function start() {
+  const link = readFragment();
+  const saved = auth.key;
+  try {
+    if (link.key || link.malformed) {
+      const linked = link.key ? await whoIs(link.key) : null;
+      const mine = saved && saved !== link.key ? await whoIs(saved) : null;
+      if (!linked) {
+        // A bad key in a link replaces nothing: the saved key, if it works, stays logged in.
+        const why = link.malformed ? "The key in the link could not be read (it is not a valid key)."
+          : "The key in the link was refused.";
+        if (saved && saved === link.key) auth.key = null; // the saved key itself: refused
+        if (mine) {
+          await enter(mine);
+          showNotice(`${why} You are still logged in with your saved key.`);
+        } else showLogin(`${why} Check the link, or log in with your key.`);
+        return;
+      }
+      if (mine) {
+        askWhichKey(linked, mine, link.key);
+        return;
+      }
+      auth.key = link.key; // checked: stored now
+      await enter(linked);
+      return;
+    }
+    if (!saved) {
+      showLogin();
+      return;
+    }
+    const me = await whoIs(saved);
+    if (!me) {
       auth.key = null;
       showLogin("The saved key was refused. Log in again.");
-    } else showLogin(`Could not reach the server (${err.message}). Try again.`);
+      return;
+    }
+    await enter(me);
+  } catch (err) {
+    showLogin(`Could not reach the server (${err.message}). Try again.`);
   }
 }
 
@@ -320,12 +401,20 @@ function hooksFor(view) {
     retry: (content, button) => {
       if (!mine()) return;
       button.disabled = true;
-      send(content).finally(() => { button.disabled = false; });
+      send(content).then((sent) => {
+        if (sent) button.remove(); // sent again: the new turn is below
+        else button.disabled = false;
+      });
     },
   };
 }
 
-async function openConversation(id) {
+/** Shows conversation `id`; `reload` rebuilds it even if it is the one open already. */
+async function openConversation(id, { reload = false } = {}) {
+  if (!reload && state.view && state.current && state.current.id === id) {
+    closeNav();
+    return; // already open (a click on it again would lose a turn being started)
+  }
   state.view?.destroy();
   let conversation = state.conversations.find((c) => c.id === id) || { id, title: null };
   state.current = conversation;
@@ -358,13 +447,23 @@ async function openConversation(id) {
   }
 }
 
-$("new-conversation").addEventListener("click", async () => {
-  try {
+$("new-conversation").addEventListener("click", async (event) => {
+  const button = event.currentTarget;
+  if (button.disabled) return;
+  button.disabled = true; // one conversation per click, however fast the clicks
+  const creating = (async () => {
     const conversation = await createConversation();
     await openConversation(conversation.id);
+  })();
+  state.creating = creating;
+  try {
+    await creating;
     $("message").focus();
   } catch (err) {
     problem(err);
+  } finally {
+    if (state.creating === creating) state.creating = null;
+    button.disabled = false;
   }
 });
 
@@ -413,6 +512,8 @@ async function send(content) {
   updateComposer();
   let bubble = null;
   try {
+    // A message typed while "+ New conversation" is under way goes to that conversation.
+    if (state.creating) await state.creating.catch(() => {});
     if (!state.current) {
       const conversation = await createConversation();
       await openConversation(conversation.id);
@@ -421,25 +522,42 @@ async function send(content) {
     const view = state.view;
     await view.ready?.catch(() => {}); // its transcript first, then this message below it
     if (state.view !== view) return false;
+    if (view.running) {
+      // The transcript showed a turn still running (started elsewhere): it goes first.
+      showNotice("A turn is already running in this conversation. Wait for it to finish, or cancel it.");
+      return false;
+    }
     bubble = view.addUser(content);
     bubble.classList.add("pending");
     const result = await postMessage(conversation.id, content);
     bubble.classList.remove("pending");
     bubble = null;
-    if (state.view === view) view.follow(result.turn.id, 0, content);
+    await followStarted(conversation.id, view, result.turn.id, content);
     if (!conversation.title) nameConversation(conversation, content);
     return true;
   } catch (err) {
     bubble?.remove();
     if (err instanceof ApiError && err.code === "turn_in_progress" && state.current) {
       showNotice(`${err.message} It is shown below.`);
-      openConversation(state.current.id);
+      openConversation(state.current.id, { reload: true });
     } else problem(err);
     return false;
   } finally {
     state.sending = false;
     updateComposer();
   }
+}
+
+/** Follows the turn just started, in whichever view now shows its conversation (if any). */
+async function followStarted(conversationId, view, turnId, content) {
+  let current = state.view;
+  if (!current || !state.current || state.current.id !== conversationId) return; // moved on
+  if (current !== view) {
+    await current.ready?.catch(() => {});
+    if (state.view !== current) return;
+    current = state.view;
+  }
+  if (current.turnId !== turnId) current.follow(turnId, 0, content); // unless it found it already
 }
 
 async function nameConversation(conversation, content) {
@@ -479,35 +597,73 @@ $("cancel").addEventListener("click", async () => {
   $("cancel").disabled = true;
   try {
     await api(`/turns/${encodeURIComponent(turnId)}/cancel`, { method: "POST", headers: { "Idempotency-Key": uuid() } });
-    setStatus("streaming", "Cancelling…");
+    if (state.turnId === turnId) setStatus("streaming", "Cancelling…"); // unless another view is shown now
   } catch (err) {
-    $("cancel").disabled = false;
+    if (state.turnId === turnId) $("cancel").disabled = false;
     problem(err);
   }
 });
 
 // ---- approvals inbox ------------------------------------------------------------------------
 
+/** Polls pending approvals every 3 s (backing off to 30 s while that fails; paused while hidden). */
+function startInbox() {
+  stopInbox();
+  const poll = {};
+  state.inboxPoll = poll;
+  state.inboxDelay = 3000;
+  const tick = async () => {
+    state.inboxTimer = null;
+    if (state.inboxPoll !== poll) return;
+    if (document.hidden) {
+      state.inboxPaused = true; // visibilitychange resumes
+      return;
+    }
+    const ok = await refreshInbox();
+    if (state.inboxPoll !== poll) return;
+    state.inboxDelay = ok ? 3000 : Math.min(state.inboxDelay * 2, 30000);
+    state.inboxTimer = setTimeout(tick, state.inboxDelay);
+  };
+  poll.tick = tick;
+  tick();
+}
+
+function stopInbox() {
+  state.inboxPoll = null;
+  state.inboxPaused = false;
+  clearTimeout(state.inboxTimer);
+  clearTimeout(state.inboxSoon);
+  state.inboxTimer = null;
+}
+
+document.addEventListener("visibilitychange", () => {
+  if (document.hidden || !state.inboxPaused || !state.inboxPoll) return;
+  state.inboxPaused = false;
+  state.inboxPoll.tick();
+});
+
 function refreshInboxSoon() {
   clearTimeout(state.inboxSoon);
   state.inboxSoon = setTimeout(refreshInbox, 150);
 }
 
+/** The badge (and the open inbox) from the server; false when that failed. */
 async function refreshInbox() {
-  if (!state.me) return;
+  if (!state.me) return false;
   let page;
   try {
     page = await api("/approvals?status=pending&limit=100");
   } catch (err) {
-    return; // shown by the next successful refresh; a 401 has logged out
+    return false; // shown by the next successful refresh; a 401 has logged out
   }
-  if (!state.me) return;
+  if (!state.me) return false;
   const count = page.data.length;
   const badge = $("inbox-count");
   badge.textContent = page.has_more ? "100+" : String(count);
   badge.hidden = count === 0;
   $("inbox-button").setAttribute("aria-label", `Pending approvals: ${badge.hidden ? "none" : badge.textContent}`);
   if (!$("inbox").hidden) syncInbox(page.data);
+  return true;
 }
 
 function conversationTitle(id) {
@@ -543,13 +699,17 @@ function syncInbox(pending) {
     if (card && card.dataset.status === "pending") {
       api(`/approvals/${encodeURIComponent(id)}`).then(updateApproval).catch(() => item.remove());
     } else if (!item.dataset.goneSince) item.dataset.goneSince = String(Date.now());
-    else if (Date.now() - Number(item.dataset.goneSince) > 1500) item.remove();
+    else if (Date.now() - Number(item.dataset.goneSince) > 1500) {
+      forgetApprovalCards(item);
+      item.remove();
+    }
   }
   inbox.querySelector(".inbox-empty").hidden = inbox.querySelectorAll(".inbox-item").length > 0;
 }
 
 function openInbox() {
   const inbox = $("inbox");
+  forgetApprovalCards(inbox);
   inbox.querySelectorAll(".inbox-item").forEach((item) => item.remove());
   inbox.querySelector(".inbox-empty").hidden = true;
   inbox.hidden = false;
@@ -562,6 +722,7 @@ function closeInbox() {
   const inbox = $("inbox");
   if (inbox.hidden) return;
   inbox.hidden = true;
+  forgetApprovalCards(inbox);
   inbox.querySelectorAll(".inbox-item").forEach((item) => item.remove());
   $("inbox-button").setAttribute("aria-expanded", "false");
 }

@@ -28,6 +28,27 @@ export function updateApproval(update) {
   if (!set.size) cards.delete(update.id);
 }
 
+/** Cards inside `container` get no more updates (their view or the inbox is going away). */
+export function forgetApprovalCards(container) {
+  for (const [id, set] of cards) {
+    for (const card of Array.from(set)) if (container.contains(card.root)) set.delete(card);
+    if (!set.size) cards.delete(id);
+  }
+}
+
+/** Every card forgotten (logging out). */
+export function clearApprovalCards() {
+  cards.clear();
+}
+
+/** Cards that were on the page and are no longer. */
+function pruneApprovalCards() {
+  for (const [id, set] of cards) {
+    for (const card of Array.from(set)) if (card.attached && !card.root.isConnected) set.delete(card);
+    if (!set.size) cards.delete(id);
+  }
+}
+
 /** An approval_decided event, applied to every card of its approval. */
 export function applyDecidedEvent(event) {
   updateApproval({
@@ -77,6 +98,7 @@ class ApprovalCard {
     this.panel = el("div.approval-panel");
     this.decision = el("div.decision", { hidden: true });
     this.root.append(this.head, this.body, this.expires, this.error, this.actions, this.panel, this.decision);
+    pruneApprovalCards();
     let set = cards.get(approval.id);
     if (!set) cards.set(approval.id, (set = new Set()));
     set.add(this);
@@ -90,6 +112,9 @@ class ApprovalCard {
   }
 
   update(update) {
+    // A late answer from before the decision (a GET that crossed approval_decided): the
+    // decision stands; a decided approval never becomes pending again.
+    if (update.status === "pending" && (this.approval.status || "pending") !== "pending") return;
     const before = stableJson(this.approval.arguments ?? {});
     this.approval = { ...this.approval, ...update };
     if (update.preview !== undefined) {

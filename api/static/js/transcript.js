@@ -2,7 +2,7 @@
 // from its event stream (from seq 0, so nothing is shown twice), then followed live.
 
 import { api, listAll } from "./api.js";
-import { applyDecidedEvent, approvalCard, updateApproval } from "./approval.js";
+import { applyDecidedEvent, approvalCard, forgetApprovalCards, updateApproval } from "./approval.js";
 import { setMarkdown } from "./markdown.js";
 import { TurnFollower } from "./sse.js";
 import { el, prettyJson } from "./util.js";
@@ -32,6 +32,7 @@ export class ConversationView {
     this.follower = null;
     this.turnId = null;
     this.turnContent = new Map(); // turn id → the user message that started it
+    this.messageCalls = new Map(); // assistant message id → the tool call ids of its `message` event
     this.dirty = new Set();
     this.frame = null;
     this.pinned = true;
@@ -49,6 +50,7 @@ export class ConversationView {
     this.follower = null;
     if (this.frame) cancelAnimationFrame(this.frame);
     this.container.removeEventListener("scroll", this.onScroll);
+    forgetApprovalCards(this.container);
   }
 
   get running() {
@@ -94,12 +96,7 @@ export class ConversationView {
       }
       if (message.turn_id && message.turn_id === active) continue; // replayed from its events
       if (message.role === "assistant") {
-        if (message.content) {
-          const bubble = this.bubble(message.id);
-          bubble.text = message.content;
-          bubble.final = true;
-          this.renderBubble(bubble);
-        }
+        if (message.content) this.finalize(this.bubble(message.id), message.content);
         for (const call of message.tool_calls || []) {
           this.toolCard(call.id, call.function?.name || call.name || "tool", parseArguments(call.function?.arguments));
         }
@@ -131,9 +128,12 @@ export class ConversationView {
   settleCards(turn) {
     for (const card of this.container.querySelectorAll(".tool-card")) {
       if (card.dataset.turnId !== turn.id && card.dataset.turnId) continue;
-      if (card.dataset.status === "running" || card.dataset.status === "awaiting_approval") {
-        this.setStatus(card, turn.status === "cancelled" ? "rejected" : "error");
-        card.querySelector(".tool-state").textContent = turn.status === "cancelled" ? "not run (cancelled)" : "no result";
+      const was = card.dataset.status;
+      if (was === "running" || was === "awaiting_approval") {
+        const cancelled = turn.status === "cancelled";
+        this.setStatus(card, cancelled ? "rejected" : "error");
+        card.querySelector(".tool-state").textContent = !cancelled ? "no result"
+          : was === "running" ? "no result (cancelled)" : "not run (cancelled)";
       }
     }
   }
@@ -170,29 +170,31 @@ export class ConversationView {
     if (turn) {
       if (turn.status === "completed" && turn.output && turn.output.content) {
         const bubble = this.bubble(turn.output.id);
-        if (!bubble.final) {
-          bubble.final = true;
-          bubble.text = turn.output.content;
-          this.renderBubble(bubble);
-        }
+        if (!bubble.final) this.finalize(bubble, turn.output.content);
       } else if (turn.status === "failed" && !this.terminalShown) {
-        this.showError(turn.error || { code: "internal_error", message: "The turn failed.", retryable: false }, turn.id, true);
+        this.showError(turn.error || { code: "internal_error", message: "The turn failed.", retryable: false }, turn.id, true, true);
       } else if (turn.status === "cancelled" && !this.terminalShown) this.showCancelled();
       for (const approval of turn.pending_approvals || []) updateApproval(approval);
     }
-    this.finishTurn();
+    this.finishTurn(turn ? turn.status : this.terminalStatus);
   }
 
-  finishTurn() {
+  /** The turn ended while followed: `status` is how (completed|failed|cancelled, or null if unknown). */
+  finishTurn(status) {
+    const turnId = this.turnId;
     this.follower = null;
     this.turnId = null;
     this.terminalShown = false;
+    this.terminalStatus = null;
     for (const bubble of this.bubbles.values()) {
       if (bubble.root.classList.contains("streaming")) {
         bubble.root.classList.remove("streaming");
+        bubble.root.removeAttribute("aria-busy");
         this.renderBubble(bubble);
       }
     }
+    // Tool cards still running or waiting (cancelled during a tool call) say they got no result.
+    if (turnId && FINISHED.has(status)) this.settleCards({ id: turnId, status });
     this.hooks.onStream("idle", "Ready");
     this.hooks.onTurn(null);
     this.hooks.onApprovals();
@@ -226,25 +228,25 @@ export class ConversationView {
         break;
       }
       case "complete": {
+        this.terminalStatus = "completed";
         if (event.message_id) {
           const exists = this.bubbles.has(event.message_id);
           if (exists || event.content) {
             const bubble = this.bubble(event.message_id);
-            if (!bubble.final && event.content) {
-              bubble.text = event.content;
-              bubble.final = true;
-            }
-            this.renderBubble(bubble);
+            if (!bubble.final && event.content) this.finalize(bubble, event.content);
+            else this.renderBubble(bubble);
           }
         }
         break;
       }
       case "error":
         this.terminalShown = true;
-        this.showError({ message: event.error, code: event.code, retryable: event.retryable }, event.turn_id, true);
+        this.terminalStatus = "failed";
+        this.showError({ message: event.error, code: event.code, retryable: event.retryable }, event.turn_id, true, true);
         break;
       case "cancelled":
         this.terminalShown = true;
+        this.terminalStatus = "cancelled";
         this.showCancelled();
         break;
       default:
@@ -254,9 +256,14 @@ export class ConversationView {
   }
 
   onToken(event) {
-    const bubble = this.bubble(event.message_id);
-    if (bubble.final) return;
     const attempt = event.attempt || 1;
+    let bubble = this.bubble(event.message_id);
+    if (bubble.final) {
+      // A newer attempt after the `message` event: the step is being retried (its reset lost).
+      if (attempt <= bubble.attempt) return;
+      this.reopen(event.message_id, attempt);
+      bubble = this.bubble(event.message_id);
+    }
     if (attempt < bubble.attempt) return; // an earlier attempt's late delta
     if (attempt > bubble.attempt) {
       bubble.attempt = attempt;
@@ -266,32 +273,66 @@ export class ConversationView {
     bubble.cps.length = index; // text = text[0:index] + content, in code points
     for (const cp of Array.from(event.content || "")) bubble.cps.push(cp);
     bubble.text = bubble.cps.join("");
-    bubble.root.classList.add("streaming");
+    this.markStreaming(bubble);
     this.schedule(bubble);
   }
 
   onReset(event) {
-    const bubble = this.bubbles.get(event.message_id);
-    if (!bubble || bubble.final) return;
-    bubble.attempt = Math.max(bubble.attempt, event.attempt || bubble.attempt + 1);
+    const known = this.bubbles.get(event.message_id);
+    const calls = this.messageCalls.get(event.message_id);
+    const before = known ? known.attempt : calls ? calls.attempt : null;
+    if (before === null) return; // nothing shown of that message yet
+    const attempt = event.attempt || before + 1;
+    if (known && !known.final) {
+      known.attempt = Math.max(known.attempt, attempt);
+      known.cps = [];
+      known.text = "";
+      this.schedule(known);
+      return;
+    }
+    if (attempt > before) this.reopen(event.message_id, attempt);
+  }
+
+  /**
+   * The model step that made message `messageId` is retried after its `message` event: its text
+   * streams again from nothing, and the tool cards of its calls that got no result go (the retried
+   * attempt's `message` makes them again).
+   */
+  reopen(messageId, attempt) {
+    const calls = this.messageCalls.get(messageId);
+    if (calls) {
+      this.messageCalls.delete(messageId);
+      for (const callId of calls.ids) {
+        const card = this.cards.get(callId);
+        if (!card || card.querySelector("details.tool-result") || card.querySelector(".approval-card")) continue;
+        forgetApprovalCards(card);
+        card.remove();
+        this.cards.delete(callId);
+      }
+    }
+    let bubble = this.bubbles.get(messageId);
+    if (!bubble) bubble = this.bubble(messageId);
+    bubble.final = false;
+    bubble.attempt = attempt;
     bubble.cps = [];
     bubble.text = "";
+    this.markStreaming(bubble);
     this.schedule(bubble);
   }
 
   onMessage(message) {
     if (message.id) {
       const known = this.bubbles.get(message.id);
+      const attempt = known ? known.attempt : 1;
       if (message.content || known) {
         const bubble = known || this.bubble(message.id);
-        bubble.final = true;
-        bubble.text = message.content || "";
-        bubble.root.classList.remove("streaming");
-        if (!bubble.text) {
+        if (!message.content) {
           bubble.root.remove();
           this.bubbles.delete(message.id);
-        } else this.renderBubble(bubble);
+          this.dirty.delete(bubble);
+        } else this.finalize(bubble, message.content);
       }
+      this.messageCalls.set(message.id, { attempt, ids: (message.tool_calls || []).map((call) => call.id) });
     }
     for (const call of message.tool_calls || []) {
       if (!this.cards.has(call.id)) {
@@ -367,8 +408,26 @@ export class ConversationView {
 
   renderBubble(bubble) {
     this.dirty.delete(bubble);
-    if (bubble.final) bubble.root.classList.remove("streaming");
+    if (bubble.final) {
+      bubble.root.classList.remove("streaming");
+      bubble.root.removeAttribute("aria-busy");
+    }
     setMarkdown(bubble.content, bubble.text);
+  }
+
+  /** The bubble's text is the message's, for good: no more deltas (nor their code points). */
+  finalize(bubble, text) {
+    bubble.final = true;
+    bubble.text = text;
+    bubble.cps = null;
+    this.renderBubble(bubble);
+  }
+
+  /** Being streamed: screen readers wait (aria-busy) and read the finished text. */
+  markStreaming(bubble) {
+    if (bubble.root.classList.contains("streaming")) return;
+    bubble.root.classList.add("streaming");
+    bubble.root.setAttribute("aria-busy", "true");
   }
 
   toolCard(callId, name, args, turnId) {
@@ -409,10 +468,11 @@ export class ConversationView {
     else card.append(details);
   }
 
-  showError(error, turnId, canRetry) {
+  /** A failed turn; `live` when it failed as the user watched (then it is announced). */
+  showError(error, turnId, canRetry, live = false) {
     const retryable = Boolean(error.retryable);
     const content = this.turnContent.get(turnId);
-    const node = el("div.turn-error", { role: "alert" },
+    const node = el("div.turn-error", { role: live ? "alert" : null },
       el("div.error-message", { text: error.message || "The turn failed." }),
       el("div.error-meta", {},
         el("span.error-code", { text: error.code || "error" }),
