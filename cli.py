@@ -5,10 +5,14 @@ import asyncio
 import contextlib
 import json
 import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from core.config import Settings, get_settings
-from core.errors import ConfigurationError
+from core.errors import ConfigurationError, NotFound, UsageError
 from core.logging import configure_logging
+
+T = TypeVar("T")
 
 
 def _settings() -> Settings:
@@ -27,24 +31,34 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.server import server_config
+    from core.safety import check_startup
 
     settings = _settings()
+    check_startup(settings, process="api", bind_host=args.host)
     app = create_app(settings)
-    uvicorn.run(
+    config = server_config(
         app,
+        settings,
         host=args.host,
         port=args.port,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
     )
-    return 0
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    return 0 if server.started else 3  # as uvicorn.run: 3 is its start-up failure
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from core.safety import check_startup
     from worker import run_worker
 
-    asyncio.run(run_worker(_settings()))
+    settings = _settings()
+    check_startup(settings, process="worker")
+    asyncio.run(run_worker(settings))
     return 0
 
 
@@ -56,24 +70,151 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_users_create(args: argparse.Namespace) -> int:
+async def _user_named(pool: Any, ref: str) -> Any:
+    """The user whose id or (unique) name is `ref`; NotFound/UsageError otherwise."""
     from store import users
+
+    found = await users.get_user(pool, user_id=ref)
+    if found is not None:
+        return found
+    named = await users.users_named(pool, name=ref)
+    if not named:
+        raise NotFound(f"no user with the id or name {ref!r}")
+    if len(named) > 1:
+        raise UsageError(
+            f"{len(named)} users are named {ref!r}: name one by id ({', '.join(u.id for u in named)})"
+        )
+    return named[0]
+
+
+def _with_pool(work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work(pool)` on a one-connection pool of the configured database."""
     from store.db import create_pool
 
-    async def create() -> tuple[str, str]:
+    async def run() -> T:
         pool = await create_pool(_settings().require_database_url(), min_size=1, max_size=1)
         try:
-            user = await users.create_user(pool, name=args.name)
-            key = await users.create_key(pool, user_id=user.id, name="cli")
-            return user.id, key.secret
+            return await work(pool)
         finally:
             await pool.close()
 
-    user_id, secret = asyncio.run(create())
+    return asyncio.run(run())
+
+
+def _user_json(user: Any) -> dict[str, Any]:
+    return {**user.model_dump(mode="json"), "disabled": user.disabled_at is not None}
+
+
+def cmd_users_create(args: argparse.Namespace) -> int:
+    from store import users
+
+    async def create(pool: Any) -> tuple[Any, Any]:
+        user = await users.create_user(pool, name=args.name, role="admin" if args.admin else "user")
+        return user, await users.create_key(pool, user_id=user.id, name="cli")
+
+    user, key = _with_pool(create)
     if args.json:
-        print(json.dumps({"user_id": user_id, "api_key": secret}))
+        print(json.dumps({"user_id": user.id, "api_key": key.secret, "role": user.role}))
     else:
-        print(f"created user {args.name} ({user_id})\nAPI key (shown once): {secret}")
+        role = " with the admin role" if args.admin else ""
+        print(f"created user {args.name} ({user.id}){role}\nAPI key (shown once): {key.secret}")
+    return 0
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    from store import users
+
+    listed = _with_pool(users.all_users)
+    if args.json:
+        print(json.dumps([_user_json(u) for u in listed]))
+        return 0
+    for user in listed:
+        state = "disabled" if user.disabled_at else "active"
+        print(f"{user.id}  {user.role:<5}  {user.created_at:%Y-%m-%dT%H:%M:%SZ}  {state:<8}  {user.name}")
+    return 0
+
+
+def cmd_users_update(args: argparse.Namespace) -> int:
+    """`users disable|enable|set-role`: the operator may change any user, the last admin included."""
+    from store import users
+
+    disabled = {"disable": True, "enable": False}.get(args.action)
+    role = args.role if args.action == "set-role" else None
+
+    async def update(pool: Any) -> Any:
+        user = await _user_named(pool, args.user)
+        return await users.update_user(
+            pool, user_id=user.id, role=role, disabled=disabled, keep_an_admin=False
+        )
+
+    user = _with_pool(update)
+    if args.action == "disable":
+        print(f"disabled user {user.name} ({user.id}): its API keys are refused from now on")
+    elif args.action == "enable":
+        print(f"enabled user {user.name} ({user.id})")
+    else:
+        print(f"user {user.name} ({user.id}) now has the role {user.role}")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from store import users
+
+    async def create(pool: Any) -> tuple[Any, Any]:
+        user = await _user_named(pool, args.user)
+        return user, await users.create_key(pool, user_id=user.id, name=args.name)
+
+    user, key = _with_pool(create)
+    if user.disabled_at is not None:
+        print(
+            f"assistant: note: {user.name} is disabled; the key works once they are enabled", file=sys.stderr
+        )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "key_id": key.id,
+                    "user_id": user.id,
+                    "name": key.name,
+                    "prefix": key.prefix,
+                    "api_key": key.secret,
+                }
+            )
+        )
+    else:
+        print(f"created API key {key.id} for {user.name} ({user.id})\nAPI key (shown once): {key.secret}")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from store import users
+
+    async def listed(pool: Any) -> list[Any]:
+        user = await _user_named(pool, args.user)
+        return await users.list_keys(pool, user_id=user.id)
+
+    keys = _with_pool(listed)
+    if args.json:
+        print(json.dumps([k.model_dump(mode="json") for k in keys]))
+        return 0
+    for key in keys:
+        used = f"{key.last_used_at:%Y-%m-%dT%H:%M:%SZ}" if key.last_used_at else "never used"
+        print(
+            f"{key.id}  {key.prefix}…  created {key.created_at:%Y-%m-%dT%H:%M:%SZ}  {used}  {key.name or ''}"
+        )
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from store import users
+
+    async def revoke(pool: Any) -> str | None:
+        return await users.revoke_any_key(pool, key_id=args.key_id)
+
+    owner = _with_pool(revoke)
+    if owner is None:
+        raise NotFound(f"no active API key {args.key_id!r}")
+    print(f"revoked API key {args.key_id} of user {owner}: it is refused from now on")
     return 0
 
 
@@ -162,8 +303,38 @@ def build_parser() -> argparse.ArgumentParser:
     users_cmd = sub.add_parser("users", help="manage users").add_subparsers(dest="action", required=True)
     create = users_cmd.add_parser("create", help="create a user and print an API key")
     create.add_argument("name")
-    create.add_argument("--json", action="store_true", help='print {"user_id","api_key"}')
+    create.add_argument("--admin", action="store_true", help="give the user the admin role")
+    create.add_argument("--json", action="store_true", help='print {"user_id","api_key","role"}')
     create.set_defaults(func=cmd_users_create)
+    users_list = users_cmd.add_parser("list", help="every user: id, role, created, active or disabled, name")
+    users_list.add_argument("--json", action="store_true")
+    users_list.set_defaults(func=cmd_users_list)
+    for action, text in (("disable", "refuse the user's API keys from now on"), ("enable", "undo disable")):
+        change = users_cmd.add_parser(action, help=text)
+        change.add_argument("user", help="a user id or a unique name")
+        change.set_defaults(func=cmd_users_update)
+    set_role = users_cmd.add_parser("set-role", help="make a user an admin, or an ordinary user")
+    set_role.add_argument("user", help="a user id or a unique name")
+    set_role.add_argument("role", choices=["user", "admin"])
+    set_role.set_defaults(func=cmd_users_update)
+
+    keys_cmd = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
+    key_create = keys_cmd.add_parser("create", help="create an API key for a user and print it once")
+    key_create.add_argument("user", help="a user id or a unique name")
+    key_create.add_argument("--name", help="what the key is for")
+    key_create.add_argument(
+        "--json", action="store_true", help='print {"key_id","user_id","name","prefix","api_key"}'
+    )
+    key_create.set_defaults(func=cmd_keys_create)
+    key_list = keys_cmd.add_parser("list", help="a user's active API keys (never their secrets)")
+    key_list.add_argument("user", help="a user id or a unique name")
+    key_list.add_argument("--json", action="store_true")
+    key_list.set_defaults(func=cmd_keys_list)
+    key_revoke = keys_cmd.add_parser(
+        "revoke", help="revoke an API key: it is refused from the next request on"
+    )
+    key_revoke.add_argument("key_id")
+    key_revoke.set_defaults(func=cmd_keys_revoke)
 
     from chat.app import add_arguments as add_chat_arguments
 
@@ -203,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as err:
         print(f"assistant: {err}", file=sys.stderr)
         return 2
+    except UsageError as err:  # an unknown user or key, an ambiguous name
+        print(f"assistant: {err}", file=sys.stderr)
+        return 1
     return code
 
 

@@ -43,7 +43,10 @@ async def _prepare_database(dsn: str, data_dir: Path) -> str:
             secret = key_file.read_text().strip()
             if await users.authenticate(pool, secret=secret) is not None:
                 return secret
-        user = await users.find_user_by_name(pool, name="dev") or await users.create_user(pool, name="dev")
+        # The person running `dev` owns the machine: their user may manage others.
+        user = await users.find_user_by_name(pool, name="dev") or await users.create_user(
+            pool, name="dev", role="admin"
+        )
         key = await users.create_key(pool, user_id=user.id, name="dev login")
         key_file.write_text(key.secret)
         key_file.chmod(0o600)

@@ -7,11 +7,13 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import problems, webui
+from api import openapi, problems, webui
 from api.hub import EventHub
 from api.idempotency import IdempotencyMiddleware
 from api.middleware import EdgeMiddleware
-from api.routes import approvals, auth, conversations, health, messages, tools, turns
+from api.ratelimit import RateLimitHeaders, RateLimits
+from api.routes import approvals, auth, conversations, health, messages, tools, turns, users
+from api.security_headers import SecurityHeadersMiddleware
 from api.temporal import TemporalConnector
 from core.config import Settings
 from store.db import create_pool
@@ -25,6 +27,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.pool = await create_pool(dsn, max_size=20)
+        app.state.rate_limits = RateLimits(settings, app.state.pool)
+        await app.state.rate_limits.start()
         app.state.temporal = TemporalConnector(temporal_address, settings.temporal_namespace)
         app.state.hub = EventHub(dsn)
         await app.state.hub.start()
@@ -33,6 +37,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await app.state.hub.stop()
+            await app.state.rate_limits.stop()
             await app.state.pool.close()
 
     app = FastAPI(
@@ -43,13 +48,16 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
     )
+    # Known before start-up too: api.server reads its limits from it.
+    app.state.settings = settings
     problems.install(app)
     v1 = APIRouter(prefix="/api/v1")
-    for module in (auth, conversations, messages, turns, approvals, tools):
+    for module in (auth, conversations, messages, turns, approvals, tools, users):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
     webui.install(app)
+    openapi.install(app)
 
     # Outermost first: the edge sets the request id and limits the body before anything reads it.
     if settings.allowed_origins:
@@ -64,8 +72,20 @@ def create_app(settings: Settings) -> FastAPI:
                 "Last-Event-ID",
                 "X-Request-ID",
             ],
-            expose_headers=["X-Request-ID", "X-Turn-ID", "Location", "Idempotent-Replayed", "Retry-After"],
+            expose_headers=[
+                "X-Request-ID",
+                "X-Turn-ID",
+                "Location",
+                "Idempotent-Replayed",
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+            ],
         )
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_request_bytes)
+    # Outermost of all, so that even the edge's refusals (400, 413) carry the headers.
+    app.add_middleware(SecurityHeadersMiddleware)
     return app

@@ -10,6 +10,7 @@ from temporalio.client import Client
 
 from api.hub import EventHub
 from api.problems import Problem
+from api.ratelimit import limits_of
 from api.schemas import storable
 from core.config import Settings
 from store import users
@@ -72,6 +73,9 @@ async def get_caller(request: Request, pool: StoreDep) -> Caller:
         raise _unauthenticated("the API key is invalid or revoked")
     user, key_id = found
     request.state.user_id = user.id
+    limits = limits_of(request)
+    if limits is not None:
+        await limits.hit_request(request, key_id)
     return Caller(user=user, key_id=key_id)
 
 
@@ -107,3 +111,13 @@ def _page_request(default_order: Literal["asc", "desc"]) -> Callable[..., PageRe
 # Lists are newest first, except transcripts, which read oldest first.
 PageDep = Annotated[PageRequest, Depends(_page_request("desc"))]
 OldestFirstPageDep = Annotated[PageRequest, Depends(_page_request("asc"))]
+
+
+async def require_admin(caller: CurrentUser) -> Caller:
+    """The caller, if their role is admin. 403, not 404: the route exists for everyone."""
+    if caller.user.role != "admin":
+        raise Problem(403, "admin_required", "this route needs the key of a user with the admin role")
+    return caller
+
+
+AdminUser = Annotated[Caller, Depends(require_admin)]

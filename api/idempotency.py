@@ -132,8 +132,9 @@ class IdempotencyMiddleware:
             raise
         status = captured["status"]
         # A redirect (FastAPI's trailing-slash one) did nothing: the key stays free for the
-        # redirected request, which a client following it sends with the same key.
-        if 200 <= status < 300 or 400 <= status < 500:
+        # redirected request, which a client following it sends with the same key. So does a
+        # 429: the request was refused for now, and retrying it later must be able to succeed.
+        if 200 <= status < 300 or (400 <= status < 500 and status != 429):
             kept = {
                 k.decode(): v.decode()
                 for k, v in captured["headers"]
@@ -154,14 +155,16 @@ class IdempotencyMiddleware:
 
 
 def _without_secret(body: bytes) -> bytes:
-    """The body to keep for replays, less any `secret` (a new API key is shown once, and
-    only its hash is ever stored): a replay of `POST /auth/keys` returns the key without it."""
+    """The body to keep for replays, less any `secret` or `api_key` (a new API key is shown
+    once, and only its hash is ever stored): a replay of `POST /auth/keys` or `POST /users`
+    returns the key or the user without it."""
     try:
         parsed = json.loads(body)
     except ValueError:
         return body
-    if isinstance(parsed, dict) and "secret" in parsed:
-        parsed.pop("secret")
+    if isinstance(parsed, dict) and {"secret", "api_key"} & parsed.keys():
+        parsed.pop("secret", None)
+        parsed.pop("api_key", None)
         return json.dumps(parsed).encode()
     return body
 

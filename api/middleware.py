@@ -47,6 +47,7 @@ class EdgeMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status_holder = {"status": 0}
+        over_limit = {"body": False}
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -55,6 +56,10 @@ class EdgeMiddleware:
                 message["headers"] = [
                     (k, v) for k, v in message["headers"] if k.lower() != b"x-request-id"
                 ] + [(b"x-request-id", request_id.encode())]
+                if over_limit["body"]:
+                    # The server then drops the connection instead of reading (and
+                    # discarding) the rest of a body that may be gigabytes long.
+                    message["headers"].append((b"connection", b"close"))
             await send(message)
 
         structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -64,7 +69,7 @@ class EdgeMiddleware:
                 await refusal(scope, receive, send_with_id)
                 return
             try:
-                await self.app(scope, self._limited(receive), send_with_id)
+                await self.app(scope, self._limited(receive, over_limit), send_with_id)
             except _BodyTooLarge:
                 if status_holder["status"] == 0:
                     await self._too_large(request_id)(scope, receive, send_with_id)
@@ -100,14 +105,16 @@ class EdgeMiddleware:
         return None
 
     def _too_large(self, request_id: str) -> ASGIApp:
+        # `Connection: close`, as for a body cut off while read (see `__call__`).
         return problem_response(
             413,
             "payload_too_large",
             f"the request body exceeds {self.max_body_bytes} bytes",
             request_id=request_id,
+            headers={"Connection": "close"},
         )
 
-    def _limited(self, receive: Receive) -> Receive:
+    def _limited(self, receive: Receive, over_limit: dict[str, bool]) -> Receive:
         seen = 0
 
         async def limited_receive() -> Message:
@@ -116,6 +123,7 @@ class EdgeMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body_bytes:
+                    over_limit["body"] = True
                     raise _BodyTooLarge(self.max_body_bytes)
             return message
 

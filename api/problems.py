@@ -5,6 +5,7 @@ Errors become status codes only here, at the edge. Nothing a client sends may pr
 """
 
 import json
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -186,15 +187,25 @@ def install(app: FastAPI) -> None:
             )
         code = _HTTP_CODES.get(exc.status_code, "error")
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
         return problem_response(
-            exc.status_code,
-            code,
-            detail,
-            request_id=request_id_of(request),
-            headers=dict(exc.headers or {}),
+            exc.status_code, code, detail, request_id=request_id_of(request), headers=headers
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         # Normally EdgeMiddleware answers first (with X-Request-ID); this is the last net.
         return failure_response(exc, request_id_of(request))
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the path accepts, from the OpenAPI paths: Starlette's own `Allow` names only
+    the first route that matched the path, and FastAPI makes one route per method."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        pattern = re.sub(r"\\{\w+\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods.update(method.upper() for method in operations)
+    return sorted(methods)

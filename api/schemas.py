@@ -148,10 +148,45 @@ class KeyCreated(KeyPublic):
     secret: str
 
 
-class UserPublic(BaseModel):
+class CallerPublic(BaseModel):
+    """`GET /auth/me`: the calling user."""
+
     id: str
     name: str
+    role: Literal["user", "admin"]
     created_at: datetime
+
+
+class UserPublic(CallerPublic):
+    """A user as admins see it (`/users`)."""
+
+    disabled_at: datetime | None
+
+
+class UserCreate(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    role: Literal["user", "admin"] = "user"
+
+
+class UserCreated(UserPublic):
+    """A new user, with the first API key's secret (shown this once) and its id."""
+
+    api_key: str
+    key_id: str
+
+
+class UserUpdate(Strict):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    role: Literal["user", "admin"] | None = None
+    disabled: bool | None = None
+
+    @field_validator("name", "role", "disabled")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Omit a field to leave it unchanged; null would be ambiguous.
+        if value is None:
+            raise ValueError("must not be null (omit the field to keep it)")
+        return value
 
 
 def list_of(items: list[Any], *, has_more: bool) -> dict[str, Any]:

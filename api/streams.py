@@ -2,6 +2,9 @@
 
 Every event is read from PostgreSQL; the hub only says when to look again. A client that
 reconnects with `Last-Event-ID` therefore gets exactly the rows after it, from any API process.
+That is also why a stream may be closed before its turn ends: after `SSE_MAX_DURATION` it
+ends with a `retry:` hint (no terminal event), and the client resumes where it was, so no
+connection (nor the API process holding it) is pinned for ever by one client.
 """
 
 import asyncio
@@ -13,6 +16,7 @@ from typing import Any
 
 import structlog
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Receive, Scope, Send
 
 from api.hub import EventHub
 from store import events
@@ -26,10 +30,20 @@ TERMINAL_EVENTS = frozenset({"complete", "error", "cancelled"})
 _REREAD_EVERY = 5.0
 
 
-async def follow(pool: Pool, hub: EventHub, *, turn_id: str, after: int) -> AsyncIterator[dict[str, Any]]:
-    """Yield the turn's events with seq > after, live, until the terminal event."""
+# How long a client waits before resuming a stream closed at its maximum duration.
+RECONNECT_AFTER_MS = 1000
+
+
+async def follow(
+    pool: Pool, hub: EventHub, *, turn_id: str, after: int, until: float | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield the turn's events with seq > after, live, until the terminal event (or until
+    the event loop's clock reaches `until`)."""
+    loop = asyncio.get_running_loop()
     async with hub.subscribe(turn_id) as woken:
         while True:
+            if until is not None and loop.time() >= until:
+                return
             woken.clear()
             batch = await events.read_after(pool, turn_id=turn_id, after=after)
             for event in batch:
@@ -41,8 +55,9 @@ async def follow(pool: Pool, hub: EventHub, *, turn_id: str, after: int) -> Asyn
                 continue  # there may be more than one page
             if await _ended_before(pool, turn_id, after):
                 return  # resumed past the end: nothing more will come
+            wait = _REREAD_EVERY if until is None else max(0.0, min(_REREAD_EVERY, until - loop.time()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), timeout=_REREAD_EVERY)
+                await asyncio.wait_for(woken.wait(), timeout=wait)
 
 
 async def _ended_before(pool: Pool, turn_id: str, after: int) -> bool:
@@ -60,13 +75,44 @@ def _frame(event: dict[str, Any]) -> ServerSentEvent:
     )
 
 
-async def _frames(pool: Pool, hub: EventHub, turn_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
-    try:
-        async for event in follow(pool, hub, turn_id=turn_id, after=after):
-            yield _frame(event)
-    except asyncio.CancelledError:
-        log.info("event stream client disconnected", turn_id=turn_id)
-        raise
+class _TurnEventStream(EventSourceResponse):
+    """A turn's SSE stream, closed with a `retry:` hint once it has lasted `SSE_MAX_DURATION`.
+
+    The maximum is read from the serving app's settings when the response is sent, so every
+    route that streams gets it without passing it along.
+    """
+
+    def __init__(self, pool: Pool, hub: EventHub, *, turn_id: str, after: int, **options: Any) -> None:
+        self._follow = (pool, hub, turn_id, after)
+        self._max_duration: timedelta | None = None
+        super().__init__(self._frames(), **options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        settings = getattr(getattr(scope.get("app"), "state", None), "settings", None)
+        self._max_duration = getattr(settings, "sse_max_duration", None)
+        await super().__call__(scope, receive, send)
+
+    async def _frames(self) -> AsyncIterator[ServerSentEvent]:
+        pool, hub, turn_id, after = self._follow
+        until = None
+        if self._max_duration is not None:
+            until = asyncio.get_running_loop().time() + self._max_duration.total_seconds()
+        ended = False
+        try:
+            async for event in follow(pool, hub, turn_id=turn_id, after=after, until=until):
+                after = event["seq"]
+                ended = event["type"] in TERMINAL_EVENTS
+                yield _frame(event)
+        except asyncio.CancelledError:
+            log.info("event stream client disconnected", turn_id=turn_id)
+            raise
+        if not ended and until is not None and not await _ended_before(pool, turn_id, after):
+            log.info("event stream reached its maximum duration", turn_id=turn_id, last_seq=after)
+            yield ServerSentEvent(
+                comment=f"the stream's maximum duration was reached; resume with Last-Event-ID: {after}",
+                retry=RECONNECT_AFTER_MS,
+                sep="\n",
+            )
 
 
 def event_stream_response(
@@ -78,9 +124,12 @@ def event_stream_response(
     ping: timedelta,
     headers: dict[str, str] | None = None,
 ) -> EventSourceResponse:
-    """The SSE response following a turn from `after`."""
-    return EventSourceResponse(
-        _frames(pool, hub, turn_id, after),
+    """The SSE response following a turn from `after`, for at most `SSE_MAX_DURATION`."""
+    return _TurnEventStream(
+        pool,
+        hub,
+        turn_id=turn_id,
+        after=after,
         headers=headers,
         ping=ping.total_seconds(),
         ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),

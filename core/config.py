@@ -63,6 +63,24 @@ Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 
 
+def parse_rate_limit(value: Any) -> str:
+    """`600/minute`, `30 per minute`, `5/10 seconds` (the `limits` notation); `0`, `off` or
+    empty → `` (no limit)."""
+    text = "" if value is None else str(value).strip()
+    if text.lower() in ("", "0", "off", "none"):
+        return ""
+    from limits import parse
+
+    try:
+        parse(text)
+    except ValueError:
+        raise ValueError(f"not a rate limit: {value!r} (use e.g. 600/minute, 5 per 10 seconds)") from None
+    return text
+
+
+RateLimit = Annotated[str, BeforeValidator(parse_rate_limit)]
+
+
 class Settings(BaseSettings):
     """Every setting of every process; names are the environment variables of API.md."""
 
@@ -135,6 +153,24 @@ class Settings(BaseSettings):
     # Token events are batched: the first at once, then at most one row per interval.
     token_batch_interval: Duration = timedelta(milliseconds=30)
     sse_ping_interval: Duration = timedelta(seconds=15)
+    # An event stream is closed after this long (with a `retry:` hint); clients resume by
+    # Last-Event-ID, so nothing is lost and no connection is held for ever.
+    sse_max_duration: Duration = timedelta(hours=1)
+    # The request line and headers together (431 above it); enforced by the server (api/server.py).
+    max_header_bytes: ByteSize = 64 * 1024
+    # Outside development, `api` and `worker` refuse unsafe settings (core/safety.py) unless this is on.
+    allow_insecure: bool = False
+
+    # Rate limits per API key (api/ratelimit.py): requests to /api/v1, and turns started. The
+    # counters live in this process (`memory`) or in PostgreSQL, shared by every API process.
+    rate_limit_requests: RateLimit = "600/minute"
+    rate_limit_turns: RateLimit = "30/minute"
+    rate_limit_storage: Literal["memory", "postgres"] = "memory"
+    # Concurrency and quota limits (0 = none): turns active at once per user (exact, decided
+    # in PostgreSQL), open event streams per key (per API process), tokens per user per UTC day.
+    max_active_turns_per_user: int = Field(default=5, ge=0)
+    max_streams_per_key: int = Field(default=20, ge=0)
+    daily_token_budget: int = Field(default=0, ge=0)
 
     @computed_field  # type: ignore[prop-decorator]
     @property

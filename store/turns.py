@@ -1,11 +1,12 @@
 """Turns: created with their user message in one transaction, finished with their terminal events."""
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
 
-from core.errors import StaleAttempt, TurnClosed, TurnInProgress
+from core.errors import StaleAttempt, TurnClosed, TurnInProgress, UsageError
 from core.ids import new_id
 from store import approvals, events
 from store.db import Connection, Executor, Pool
@@ -39,13 +40,51 @@ class Usage(BaseModel):
     total_tokens: int = 0
 
 
+class TooManyActiveTurns(UsageError):
+    """The user already has as many active turns as `MAX_ACTIVE_TURNS_PER_USER` allows."""
+
+    code = "too_many_active_turns"
+    status = 429
+
+
+class QuotaExceeded(UsageError):
+    """The user has used their `DAILY_TOKEN_BUDGET` for today (UTC)."""
+
+    code = "quota_exceeded"
+    status = 429
+
+
+@dataclass(frozen=True)
+class TurnLimits:
+    """Per-user limits checked when a turn starts; 0 means none."""
+
+    max_active_turns: int = 0
+    daily_token_budget: int = 0
+
+
+def utc_midnight(now: datetime | None = None) -> datetime:
+    """The start of the current UTC day."""
+    return (now or datetime.now(UTC)).astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
 async def start_turn(
-    conn: Connection, *, user_id: str, conversation_id: str, content: str
+    conn: Connection,
+    *,
+    user_id: str,
+    conversation_id: str,
+    content: str,
+    limits: TurnLimits = TurnLimits(),
 ) -> tuple[Message, Turn] | None:
     """Insert the user message and a queued turn, inside the caller's transaction.
 
-    None if the conversation is not the user's; `TurnInProgress` if it has an active turn.
+    None if the conversation is not the user's; `TurnInProgress` if it has an active turn;
+    `TooManyActiveTurns` or `QuotaExceeded` if the user's limits forbid another turn now.
+    The user's row is locked first (FOR NO KEY UPDATE: it still lets other transactions
+    insert rows that reference the user), so turn starts of one user are serialised and
+    the count of active turns cannot be raced past the limit by parallel requests.
     """
+    if await conn.fetchval("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE", user_id) is None:
+        return None
     conversation = await conn.fetchrow(
         "SELECT active_turn_id FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE",
         conversation_id,
@@ -58,6 +97,7 @@ async def start_turn(
             "the conversation already has an active turn",
             active_turn_id=conversation["active_turn_id"],
         )
+    await _check_limits(conn, user_id=user_id, limits=limits)
     turn_id, message_id = new_id("turn"), new_id("msg")
     row = await conn.fetchrow(
         "INSERT INTO turns (id, conversation_id, user_id, user_message_id, status)"
@@ -90,6 +130,48 @@ async def start_turn(
     turn = Turn(**dict(row))
     turn.last_seq = 1
     return message, turn
+
+
+async def _check_limits(conn: Connection, *, user_id: str, limits: TurnLimits) -> None:
+    if limits.max_active_turns:
+        active = await conn.fetchval(
+            "SELECT count(*) FROM turns WHERE user_id = $1 AND finished_at IS NULL"
+            " AND status = ANY($2::text[])",
+            user_id,
+            list(ACTIVE_STATUSES),
+        )
+        if active >= limits.max_active_turns:
+            raise TooManyActiveTurns(
+                f"you have {active} active turns, the most allowed at once is"
+                f" {limits.max_active_turns}; wait for one to end",
+                max_active_turns=limits.max_active_turns,
+            )
+    if limits.daily_token_budget:
+        since = utc_midnight()
+        used = await tokens_used_since(conn, user_id=user_id, since=since)
+        if used >= limits.daily_token_budget:
+            raise QuotaExceeded(
+                f"the daily token budget of {limits.daily_token_budget} tokens is used up"
+                f" ({used} tokens used since 00:00 UTC); it renews at 00:00 UTC",
+                daily_token_budget=limits.daily_token_budget,
+                tokens_used=used,
+            )
+
+
+async def tokens_used_since(pool: Executor, *, user_id: str, since: datetime) -> int:
+    """Tokens (prompt + completion) of the user's model calls made since `since`.
+
+    A turn with a call since then is still active or finished since then, which lets the
+    (user_id, finished_at) index narrow the turns read.
+    """
+    used = await pool.fetchval(
+        "SELECT coalesce(sum(mc.prompt_tokens + mc.completion_tokens), 0) FROM turns t"
+        " JOIN model_calls mc ON mc.turn_id = t.id"
+        " WHERE t.user_id = $1 AND (t.finished_at IS NULL OR t.finished_at >= $2) AND mc.created_at >= $2",
+        user_id,
+        since,
+    )
+    return int(used)
 
 
 async def get(pool: Pool, *, user_id: str, turn_id: str) -> Turn | None:

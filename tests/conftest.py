@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from temporalio.client import Client
 
 from api.app import create_app
+from api.server import server_config
 from core.config import Settings
 from devstack import EmbeddedPostgres, EmbeddedTemporal, free_port
 from fakemodel import FakeModelServer
@@ -158,6 +159,11 @@ def settings(
         assistant_data_dir=stack.data_dir,
         assistant_env="development",
         sse_ping_interval=timedelta(seconds=15),
+        # The suite sends bursts with one key per user: limits are tested on apps of their own.
+        rate_limit_requests="",
+        rate_limit_turns="",
+        max_active_turns_per_user=0,
+        max_streams_per_key=0,
     )
 
 
@@ -187,10 +193,23 @@ async def worker(temporal: Client, pool: Pool, settings: Settings) -> AsyncItera
     publisher.cancel()
 
 
+class InProcessServer(uvicorn.Server):
+    """A server inside the test process leaves signal handlers alone. uvicorn's own swaps the
+    SIGTERM handler and restores it on exit, so servers stopped out of order leave it bound
+    to a stopped server; sse-starlette reads that server's `should_exit` to end every stream
+    of the process, and so would cut the session API's streams."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def _serve(app: Any, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
+    """Serve a `create_app` app as `assistant api` does (api.server: the request-head limit)."""
+    config = server_config(
+        app, app.state.settings, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
     )
+    server = InProcessServer(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -260,6 +279,10 @@ def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
             "SMTP_PORT": str(settings.smtp_port or ""),
             "SMTP_TLS": settings.smtp_tls,
             "SMTP_FROM": settings.smtp_from or "",
+            "RATE_LIMIT_REQUESTS": "off",
+            "RATE_LIMIT_TURNS": "off",
+            "MAX_ACTIVE_TURNS_PER_USER": "0",
+            "MAX_STREAMS_PER_KEY": "0",
         }
     )
     env.update(extra)

@@ -35,7 +35,7 @@ async def test_me(make_user: Any) -> None:
     assert me["id"] == user.id and me["id"].startswith("usr_")
     assert me["name"] == "Ada Lovelace"
     assert datetime.fromisoformat(me["created_at"]).utcoffset() is not None
-    assert set(me) == {"id", "name", "created_at"}
+    assert set(me) == {"id", "name", "role", "created_at"} and me["role"] == "user"
     # The scheme is case-insensitive (RFC 7235).
     lower = await user.client.get("/api/v1/auth/me", headers={"Authorization": f"bearer {user.key}"})
     assert lower.status_code == 200 and lower.json()["id"] == user.id

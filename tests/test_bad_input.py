@@ -375,7 +375,13 @@ async def test_bad_request_gets_documented_problem(world: World, case: Case) -> 
     response = await world.client.request(case.method, url, **kwargs)
     assert_problem(response, case.status, case.code, case.field)
     if case.status == 405:
-        assert response.headers["allow"], response.headers
+        # Every method the path takes, not only those of the first route that matched it.
+        allowed = {"wrong-method": "DELETE, GET, PATCH", "wrong-method-collection": "GET, POST"}
+        assert response.headers["allow"] == allowed.get(_case_id(case), "GET"), response.headers
+
+
+def _case_id(case: Case) -> str:
+    return next(name for name, known in BAD_REQUESTS.items() if known is case)
 
 
 BAD_IDS = {

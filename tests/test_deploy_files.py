@@ -1,6 +1,7 @@
 """The deployment files: the production compose file is valid (Debian's docker-compose validates it;
 no engine runs here), and the image holds everything the package installs."""
 
+import os
 import shutil
 import subprocess
 import tomllib
@@ -8,24 +9,32 @@ import tomllib
 from tests.conftest import ROOT
 
 
-def test_compose_file_is_valid():
-    assert shutil.which("docker-compose"), "make test installs docker-compose (Debian package)"
-    result = subprocess.run(
-        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+def compose(*args: str, password: str | None = "a-real-secret") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"}
+    if password is not None:
+        env["POSTGRES_PASSWORD"] = password
+    return subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), *args],
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
     )
+
+
+def test_compose_file_is_valid():
+    assert shutil.which("docker-compose"), "make test installs docker-compose (Debian package)"
+    result = compose("config", "-q")
     assert result.returncode == 0, result.stderr
 
 
+def test_compose_refuses_to_run_without_a_database_password():
+    result = compose("config", "-q", password=None)
+    assert result.returncode != 0 and "POSTGRES_PASSWORD" in result.stderr
+
+
 def test_compose_runs_every_process_of_the_service():
-    result = subprocess.run(
-        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "--services"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = compose("config", "--services")
     services = set(result.stdout.split())
     assert {"postgres", "temporal", "temporal-ui", "migrate", "api", "worker", "mailpit"} <= services
 

@@ -155,6 +155,8 @@ def test_dev_runs_everything_and_stops_cleanly(tmp_path):
                 check=True,
             )
             alice = json.loads(created.stdout)
+            dev_user = httpx.get(f"{base}/api/v1/auth/me", headers=headers).json()
+            assert dev_user["role"] == "admin", "the dev login may manage users"
             me = httpx.get(f"{base}/api/v1/auth/me", headers={"Authorization": f"Bearer {alice['api_key']}"})
             assert me.status_code == 200 and me.json()["id"] == alice["user_id"]
         finally:

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from core.config import Settings
 from devstack import free_port
+from tests.conftest import InProcessServer
 from tests.pageserver import PageServer
 from tools.base import ToolFailed, ToolTemporarilyFailed
 from tools.fetch_page import FETCH_PAGE_SCHEMA
@@ -36,7 +37,7 @@ PAGE = (
 @asynccontextmanager
 async def serving(app: Any, port: int) -> AsyncIterator[None]:
     """`app` on 127.0.0.1:`port` until the block ends."""
-    server = uvicorn.Server(
+    server = InProcessServer(
         uvicorn.Config(
             app, host="127.0.0.1", port=port, log_config=None, access_log=False, timeout_graceful_shutdown=1
         )

@@ -6,13 +6,13 @@ from fastapi import APIRouter, Response
 
 from api.deps import CurrentUser, StoreDep
 from api.problems import Problem
-from api.schemas import KeyCreate, KeyCreated, KeyPublic, UserPublic, list_of
+from api.schemas import CallerPublic, KeyCreate, KeyCreated, KeyPublic, list_of
 from store import users
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 
-@router.get("/me", response_model=UserPublic)
+@router.get("/me", response_model=CallerPublic)
 async def me(caller: CurrentUser) -> Any:
     return caller.user.model_dump()
 
@@ -34,7 +34,7 @@ async def create_key(
 
 @router.get("/keys/{key_id}", response_model=KeyPublic)
 async def get_key(key_id: str, caller: CurrentUser, pool: StoreDep) -> Any:
-    found = next((k for k in await users.list_keys(pool, user_id=caller.id) if k.id == key_id), None)
+    found = await users.get_key(pool, user_id=caller.id, key_id=key_id)
     if found is None:
         raise Problem(404, "not_found", f"no API key {key_id}")
     return found.model_dump()

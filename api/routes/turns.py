@@ -8,6 +8,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import CurrentUser, HubDep, PageDep, SettingsDep, StoreDep, TemporalDep
 from api.problems import Problem
+from api.ratelimit import holding_slot, limits_of
 from api.schemas import TurnPublic, list_of
 from api.streams import event_stream_response, wait_for_change
 from api.views import turn_public
@@ -116,7 +117,10 @@ async def turn_events(
         return {"object": "list", "data": batch[:limit], "has_more": len(batch) > limit}
     if turn.status in TERMINAL_STATUSES and start >= turn.last_seq:
         return Response(status_code=204)
-    return event_stream_response(pool, hub, turn_id=turn_id, after=start, ping=settings.sse_ping_interval)
+    limits = limits_of(request)
+    release = limits.streams.acquire(caller.key_id) if limits is not None else None
+    response = event_stream_response(pool, hub, turn_id=turn_id, after=start, ping=settings.sse_ping_interval)
+    return holding_slot(response, release) if release is not None else response
 
 
 @router.post("/turns/{turn_id}/cancel", status_code=202, response_model=TurnPublic)
