@@ -257,6 +257,13 @@ async def user(make_user: object) -> User:
     return await make_user()  # type: ignore[operator]
 
 
+@pytest.fixture
+def own_queue(settings: Settings, tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """The environment of `assistant` child processes on a task queue of their own (so that
+    killing them touches nothing else of the suite), and a directory for their logs."""
+    return subprocess_env(settings, TEMPORAL_TASK_QUEUE=f"own-{uuid.uuid4().hex[:8]}"), tmp_path
+
+
 def marker() -> str:
     """A unique string to put in a message, so a model script matches only this test."""
     return f"[t-{uuid.uuid4().hex[:10]}]"

@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import marker
 from tests.helpers import create_conversation, start_turn_json, wait_turn
 from tests.test_approvals import script_email
-from tests.test_isolation import SECRET_TITLE, Owner, assert_hidden
+from tests.test_isolation import SECRET_TITLE, Owner, assert_hidden, owner_with_a_turn
 
 # What each path parameter names; a route with a parameter not listed here fails the test,
 # so whoever adds it decides which object it is.
@@ -49,32 +49,18 @@ class Matrix:
 @pytest.fixture
 async def matrix(make_user: Any, model: Any, api_url: str) -> AsyncIterator[Matrix]:
     a, b = await make_user("alice"), await make_user("bob")
-    tag, mail_tag = marker(), marker()
-    reply = f"the launch code is 0000 {tag}"
-    model.script(tag, [{"kind": "reply", "content": reply}])
-    conv = await create_conversation(
-        a.client, title=SECRET_TITLE, system_prompt="A's system prompt", metadata={"a-secret": "meta"}
-    )
-    started = await start_turn_json(a.client, conv["id"], f"what is the code? {tag}")
-    assert (await wait_turn(a.client, started["turn"]["id"]))["status"] == "completed"
+    owner = await owner_with_a_turn(a, model)
     # A second conversation whose turn waits on an approval, so approval routes have a target.
+    mail_tag = marker()
     script_email(model, mail_tag, {"to": "bob@example.test", "subject": f"A's mail {mail_tag}", "body": "x"})
     waiting_conv = await create_conversation(a.client, title=SECRET_TITLE)
     waiting = await start_turn_json(a.client, waiting_conv["id"], f"mail it {mail_tag}")
     parked = await wait_turn(a.client, waiting["turn"]["id"], until=("awaiting_approval",))
     (approval,) = parked["pending_approvals"]
-    key = (await a.client.get("/api/v1/auth/keys")).json()["data"][0]
+    owner.secrets.append(mail_tag)
     me = (await a.client.get("/api/v1/auth/me")).json()
-    owner = Owner(
-        client=a.client,
-        conv=conv["id"],
-        turn=started["turn"]["id"],
-        message=started["message"]["id"],
-        key_id=key["id"],
-        secrets=[SECRET_TITLE, "A's system prompt", "a-secret", tag, reply, a.key, key["prefix"], mail_tag],
-    )
-    ids = {"conv": conv["id"], "turn": started["turn"]["id"], "approval": approval["id"]}
-    ids |= {"key": key["id"], "user": me["id"]}
+    ids = {"conv": owner.conv, "turn": owner.turn, "approval": approval["id"]}
+    ids |= {"key": owner.key_id, "user": me["id"]}
     async with httpx.AsyncClient(base_url=api_url) as anonymous:
         spec = (await anonymous.get("/openapi.json")).json()
     yield Matrix(owner, ids, b, spec)

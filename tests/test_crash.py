@@ -6,30 +6,23 @@ their own, so killing them touches nothing else of the suite.
 
 import os
 import signal
-import uuid
 
 import httpx
 import pytest
 
 from devstack import free_port
-from tests.conftest import assistant_process, marker, subprocess_env
+from tests.conftest import assistant_process, marker
 from tests.helpers import create_conversation, read_sse, text_of, wait_until_serving
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def crash_env(settings, tmp_path):
-    queue = f"crash-{uuid.uuid4().hex[:8]}"
-    return subprocess_env(settings, TEMPORAL_TASK_QUEUE=queue), tmp_path
 
 
 def _client(url, user):
     return httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {user.key}"}, timeout=60)
 
 
-async def test_worker_killed_mid_stream_turn_completes(crash_env, user, model):
-    env, logs = crash_env
+async def test_worker_killed_mid_stream_turn_completes(own_queue, user, model):
+    env, logs = own_queue
     tag = marker()
     text = " ".join(f"w{i}" for i in range(60))
     model.script(tag, [{"kind": "reply", "content": text, "delay_ms": 80}])
@@ -72,8 +65,8 @@ async def test_worker_killed_mid_stream_turn_completes(crash_env, user, model):
             assert len(model.requests(tag)) == 2
 
 
-async def test_api_killed_mid_stream_client_resumes_elsewhere(crash_env, user, model):
-    env, logs = crash_env
+async def test_api_killed_mid_stream_client_resumes_elsewhere(own_queue, user, model):
+    env, logs = own_queue
     tag = marker()
     text = " ".join(f"v{i}" for i in range(40))
     model.script(tag, [{"kind": "reply", "content": text, "delay_ms": 50}])

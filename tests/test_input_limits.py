@@ -17,6 +17,7 @@ from core.config import Settings
 from devstack import free_port
 from tests.conftest import _serve, marker
 from tests.helpers import create_conversation
+from tests.test_approvals import email_args, script_email
 
 MB = 1_000_000
 
@@ -170,22 +171,7 @@ async def _stream_once(
 
 async def test_a_stream_ends_at_its_maximum_duration_and_resumes_losslessly(user, model, short_streams_url):
     tag = marker()
-    model.script(
-        tag,
-        [
-            {
-                "kind": "tool_calls",
-                "tool_calls": [
-                    {
-                        "id": "call_mail",
-                        "name": "send_email",
-                        "arguments": {"to": "bob@example.test", "subject": f"hi {tag}", "body": "<p>hi</p>"},
-                    }
-                ],
-            },
-            {"kind": "reply", "content": "Sent it, as approved."},
-        ],
-    )
+    script_email(model, tag, email_args(tag), then="Sent it, as approved.")
     conv = await create_conversation(user.client)
     async with httpx.AsyncClient(
         base_url=short_streams_url, headers={"Authorization": f"Bearer {user.key}"}, timeout=60

@@ -29,9 +29,8 @@ class Owner:
     secrets: list[str]
 
 
-@pytest.fixture
-async def a_and_b(make_user: Any, model: Any) -> tuple[Owner, Any]:
-    a, b = await make_user("alice"), await make_user("bob")
+async def owner_with_a_turn(a: Any, model: Any) -> Owner:
+    """User A with a conversation, a finished turn and a key; the strings B must never see."""
     tag = marker()
     reply = f"the launch code is 0000 {tag}"
     model.script(tag, [{"kind": "reply", "content": reply}])
@@ -41,17 +40,20 @@ async def a_and_b(make_user: Any, model: Any) -> tuple[Owner, Any]:
     started = await start_turn_json(a.client, conv["id"], f"what is the code? {tag}")
     assert (await wait_turn(a.client, started["turn"]["id"]))["status"] == "completed"
     keys = (await a.client.get("/api/v1/auth/keys")).json()["data"]
-    return (
-        Owner(
-            client=a.client,
-            conv=conv["id"],
-            turn=started["turn"]["id"],
-            message=started["message"]["id"],
-            key_id=keys[0]["id"],
-            secrets=[SECRET_TITLE, "A's system prompt", "a-secret", tag, reply, a.key, keys[0]["prefix"]],
-        ),
-        b,
+    return Owner(
+        client=a.client,
+        conv=conv["id"],
+        turn=started["turn"]["id"],
+        message=started["message"]["id"],
+        key_id=keys[0]["id"],
+        secrets=[SECRET_TITLE, "A's system prompt", "a-secret", tag, reply, a.key, keys[0]["prefix"]],
     )
+
+
+@pytest.fixture
+async def a_and_b(make_user: Any, model: Any) -> tuple[Owner, Any]:
+    a, b = await make_user("alice"), await make_user("bob")
+    return await owner_with_a_turn(a, model), b
 
 
 def assert_hidden(response: httpx.Response, owner: Owner, status: int = 404, code: str = "not_found") -> None:

@@ -13,6 +13,7 @@ import httpx
 
 from tests.conftest import marker
 from tests.helpers import create_conversation, start_turn_json, wait_turn
+from tests.test_approvals import email_args, script_email
 from tests.test_rate_limits import Caller, Serve, retry_after, serve
 
 __all__ = ["serve"]
@@ -20,22 +21,7 @@ __all__ = ["serve"]
 
 def script_parked(model: Any, tag: str) -> None:
     """A model that asks to send an email, so the turn stays active until a person decides."""
-    model.script(
-        tag,
-        [
-            {
-                "kind": "tool_calls",
-                "tool_calls": [
-                    {
-                        "id": "call_mail",
-                        "name": "send_email",
-                        "arguments": {"to": "bob@example.test", "subject": f"Hi {tag}", "body": "<p>Hi</p>"},
-                    }
-                ],
-            },
-            {"kind": "reply", "content": f"Sent {tag}."},
-        ],
-    )
+    script_email(model, tag, email_args(tag), then=f"Sent {tag}.")
 
 
 async def parked_turn(caller: Caller, model: Any) -> dict[str, Any]:

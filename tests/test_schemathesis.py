@@ -6,13 +6,12 @@ queue of their own."""
 import asyncio
 import json
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
 from devstack import free_port
-from tests.conftest import ROOT, assistant_process, subprocess_env
+from tests.conftest import ROOT, assistant_process
 from tests.helpers import wait_until_serving
 
 pytestmark = pytest.mark.slow
@@ -32,11 +31,8 @@ async def run(*args: str, env: dict[str, str], cwd: Path = ROOT) -> tuple[int, s
     return proc.returncode, out.decode()
 
 
-async def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(
-    settings, pool, tmp_path, model
-):
-    # subprocess_env turns the rate limits off: thousands of requests come from one key.
-    env = subprocess_env(settings, TEMPORAL_TASK_QUEUE=f"st-{uuid.uuid4().hex[:8]}")
+async def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(own_queue, pool, model):
+    env, tmp_path = own_queue  # its rate limits are off: thousands of requests come from one key
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with (

@@ -5,22 +5,16 @@ processes on a task queue of their own, so killing them touches nothing else of 
 import asyncio
 import os
 import signal
-import uuid
 
 import pytest
 from playwright.async_api import expect
 
 from devstack import free_port
 from tests.browser import poll_texts, stored_messages
-from tests.conftest import assistant_process, marker, subprocess_env
+from tests.conftest import assistant_process, marker
 from tests.helpers import create_conversation, wait_until_serving
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def own_env(settings, tmp_path):
-    return subprocess_env(settings, TEMPORAL_TASK_QUEUE=f"webui-{uuid.uuid4().hex[:8]}"), tmp_path
 
 
 def numbered(prefix: str, count: int) -> str:
@@ -37,10 +31,20 @@ async def wait_for_words(page, count: int) -> None:
     raise AssertionError("the reply did not start streaming")
 
 
+async def start_streaming(user, browsing, url: str, tag: str) -> dict:
+    """Log in at `url`, open a new conversation, send `go <tag>`; return once words stream in."""
+    conversation = await create_conversation(user.client, title=f"Recovery {tag}")
+    await browsing.login(url, user.key)
+    await browsing.page.locator(f"li.conversation[data-id='{conversation['id']}']").click()
+    await browsing.send(f"go {tag}")
+    await wait_for_words(browsing.page, 5)
+    return conversation
+
+
 async def test_the_page_ends_with_the_whole_reply_once_after_the_worker_is_killed(
-    own_env, user, model, browsing
+    own_queue, user, model, browsing
 ):
-    env, logs = own_env
+    env, logs = own_queue
     tag = marker()
     text = numbered("w", 60)
     model.script(tag, [{"kind": "reply", "content": text, "delay_ms": 60}])
@@ -51,12 +55,8 @@ async def test_the_page_ends_with_the_whole_reply_once_after_the_worker_is_kille
         assistant_process(["worker"], env, logs / "worker1.log") as worker1,
     ):
         await wait_until_serving(url, api)
-        conversation = await create_conversation(user.client, title="Crash")
-        await browsing.login(url, user.key)
+        conversation = await start_streaming(user, browsing, url, tag)
         page = browsing.page
-        await page.locator(f"li.conversation[data-id='{conversation['id']}']").click()
-        await browsing.send(f"go {tag}")
-        await wait_for_words(page, 5)
         os.kill(worker1.pid, signal.SIGKILL)
         worker1.wait()
         with assistant_process(["worker"], env, logs / "worker2.log"):
@@ -69,8 +69,8 @@ async def test_the_page_ends_with_the_whole_reply_once_after_the_worker_is_kille
     assert [(m["role"], m["content"]) for m in stored] == [("user", f"go {tag}"), ("assistant", text)]
 
 
-async def test_the_page_reconnects_and_resumes_when_the_api_restarts(own_env, user, model, browsing):
-    env, logs = own_env
+async def test_the_page_reconnects_and_resumes_when_the_api_restarts(own_queue, user, model, browsing):
+    env, logs = own_queue
     tag = marker()
     text = numbered("v", 80)
     model.script(tag, [{"kind": "reply", "content": text, "delay_ms": 60}])
@@ -79,12 +79,8 @@ async def test_the_page_reconnects_and_resumes_when_the_api_restarts(own_env, us
     with assistant_process(["worker"], env, logs / "worker.log"):
         with assistant_process(["api", "--port", str(port)], env, logs / "api1.log") as api1:
             await wait_until_serving(url, api1)
-            conversation = await create_conversation(user.client, title="Restart")
-            await browsing.login(url, user.key)
+            conversation = await start_streaming(user, browsing, url, tag)
             page = browsing.page
-            await page.locator(f"li.conversation[data-id='{conversation['id']}']").click()
-            await browsing.send(f"go {tag}")
-            await wait_for_words(page, 5)
             os.kill(api1.pid, signal.SIGKILL)
             api1.wait()
         await expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting")
