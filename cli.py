@@ -4,6 +4,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -44,9 +46,15 @@ def cmd_api(args: argparse.Namespace) -> int:
         port=args.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=5,
+        # SIGTERM: stop accepting, close event streams with a `retry:` hint (api/streams.py),
+        # wait for other requests in flight at most this long.
+        timeout_graceful_shutdown=math.ceil(settings.api_shutdown_grace.total_seconds()),
     )
     server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it once its graceful shutdown is done, to the
+    # handler found at start: a SIGTERM shutdown is a clean one, so that handler does nothing
+    # and the process exits 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
     return 0 if server.started else 3  # as uvicorn.run: 3 is its start-up failure
@@ -58,7 +66,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings()
     check_startup(settings, process="worker")
-    asyncio.run(run_worker(settings))
+    asyncio.run(run_worker(settings, metrics_port=args.metrics_port, metrics_host=args.metrics_host))
     return 0
 
 
@@ -258,6 +266,15 @@ def cmd_tools_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """The checks of /readyz with a hint for each problem; 1 when a required one failed."""
+    from core import doctor
+
+    diagnosis = asyncio.run(doctor.diagnose(_settings()))
+    print(json.dumps(diagnosis) if args.json else doctor.render(diagnosis))
+    return doctor.exit_code(diagnosis)
+
+
 def cmd_tools_trust(args: argparse.Namespace) -> int:
     """Pin a server's tools to the definitions it offers now; workers re-enable them within seconds."""
     from store import pins
@@ -297,7 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000)
     api.set_defaults(func=cmd_api)
 
-    sub.add_parser("worker", help="run one worker process").set_defaults(func=cmd_worker)
+    worker = sub.add_parser("worker", help="run one worker process")
+    worker.add_argument(
+        "--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0: off)"
+    )
+    worker.add_argument("--metrics-host", default="127.0.0.1", help="the metrics port's address")
+    worker.set_defaults(func=cmd_worker)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
 
     users_cmd = sub.add_parser("users", help="manage users").add_subparsers(dest="action", required=True)
@@ -355,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     tool_server.add_argument("--port", type=int, default=8765)
     tool_server.add_argument("--stdio", action="store_true", help="speak MCP on stdin/stdout instead of HTTP")
     tool_server.set_defaults(func=cmd_tool_server)
+
+    doctor = sub.add_parser("doctor", help="check the database, Temporal, model, tool servers, disk, memory")
+    doctor.add_argument("--json", action="store_true", help="print {status, checks: {name: {…, hint}}}")
+    doctor.set_defaults(func=cmd_doctor)
 
     tools_cmd = sub.add_parser("tools", help="the tools workers offer, and tool server trust")
     tools_sub = tools_cmd.add_subparsers(dest="action", required=True)

@@ -141,7 +141,10 @@ class _DevRun:
     def start_processes(self, host: str, port: int) -> None:
         """A worker and the API; their logs go to this terminal."""
         ensure_port_free(host, port)
-        self._child("worker", ["worker"])
+        # The API's /metrics appends the worker's, so one scrape covers the stack (development only).
+        metrics_port = free_port()
+        self.env["WORKER_METRICS_URL"] = f"http://127.0.0.1:{metrics_port}/metrics"
+        self._child("worker", ["worker", "--metrics-port", str(metrics_port)])
         api = self._child("api", ["api", "--host", host, "--port", str(port)])
         wait_for_port(port, api, timeout=60, what="the API")
 

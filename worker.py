@@ -10,13 +10,16 @@ from datetime import timedelta
 import openai
 import structlog
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities.model import ModelActivities
 from activities.tools import ToolActivities
 from activities.turn import TurnActivities
+from core import metrics
 from core.config import Settings
+from core.log_context import LogContextInterceptor
 from store import approvals, catalog, idempotency, turns
 from store.db import Pool, create_pool
 from tools.registry import ToolRegistry, build_registry
@@ -56,7 +59,10 @@ def build_worker(client: Client, pool: Pool, settings: Settings, registry: ToolR
             tools.record,
             tools.expire,
         ],
-        graceful_shutdown_timeout=timedelta(seconds=5),
+        # On SIGTERM: stop polling, let running activities finish for this long, then cancel
+        # them; Temporal retries them on another worker (no lost turn, no duplicate email).
+        graceful_shutdown_timeout=settings.worker_shutdown_grace,
+        interceptors=[LogContextInterceptor()],
         # Cancellation reaches an activity with a heartbeat's answer: keep that prompt.
         max_heartbeat_throttle_interval=timedelta(milliseconds=500),
     )
@@ -140,6 +146,7 @@ async def end_orphaned_turns(client: Client, pool: Pool, *, older_than_seconds: 
             error={"code": "internal_error", "message": message, "retryable": True},
         )
         if finished:
+            metrics.TURNS_FINISHED.labels(status="failed").inc()
             log.warning("ended a turn whose workflow was gone", turn_id=turn_id)
             ended += 1
     return ended
@@ -169,10 +176,32 @@ async def _reconcile_forever(client: Client, pool: Pool, settings: Settings) -> 
         await asyncio.sleep(_RECONCILE_EVERY)
 
 
-async def run_worker(settings: Settings) -> None:
-    """Run a worker until SIGTERM/SIGINT."""
+def _serve_metrics(port: int, host: str) -> Runtime:
+    """Serve the worker's metrics on `host:port`, the Temporal SDK's among them; the runtime
+    whose clients report to the SDK's exporter (on a loopback port of its own, proxied)."""
+    from devstack import free_port
+
+    sdk_port = free_port()
+    runtime = Runtime(
+        telemetry=TelemetryConfig(
+            metrics=PrometheusConfig(
+                bind_address=f"127.0.0.1:{sdk_port}", counters_total_suffix=True, durations_as_seconds=True
+            )
+        )
+    )
+    metrics.include_exposition(f"http://127.0.0.1:{sdk_port}/metrics")
+    metrics.serve(port, host)
+    log.info("serving metrics", host=host, port=port)
+    return runtime
+
+
+async def run_worker(settings: Settings, *, metrics_port: int = 0, metrics_host: str = "127.0.0.1") -> None:
+    """Run a worker until SIGTERM/SIGINT; with `metrics_port`, serve its metrics there."""
+    runtime = _serve_metrics(metrics_port, metrics_host) if metrics_port else None
     pool = await create_pool(settings.require_database_url())
-    client = await Client.connect(settings.require_temporal_address(), namespace=settings.temporal_namespace)
+    client = await Client.connect(
+        settings.require_temporal_address(), namespace=settings.temporal_namespace, runtime=runtime
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -187,7 +216,7 @@ async def run_worker(settings: Settings) -> None:
     try:
         async with worker:
             await stop.wait()
-            log.info("worker stopping")
+            log.info("worker stopping", grace_seconds=settings.worker_shutdown_grace.total_seconds())
     finally:
         for task in (reconciler, cataloguer):
             task.cancel()

@@ -6,6 +6,7 @@ message under a deterministic id, so a retry overwrites instead of duplicating.
 """
 
 import asyncio
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -17,6 +18,7 @@ from activities.heartbeat import heartbeating
 from activities.model_errors import classify
 from activities.relay import TokenRelay
 from core import contracts as c
+from core import metrics
 from core.config import Settings
 from core.errors import StaleAttempt, TurnClosed
 from core.ids import assistant_message_id
@@ -48,7 +50,10 @@ class ModelActivities:
 
     @activity.defn(name=c.STREAM_MODEL_REPLY)
     async def stream_reply(self, step: c.ModelStepInput) -> c.ModelStepResult:
+        started = time.monotonic()
         attempt = activity.info().attempt
+        if step.step == 1 and attempt == 1:
+            metrics.TURNS_STARTED.inc()
         if attempt > 1:
             activity.logger.warning("model call retried", extra={"turn_id": step.turn_id, "attempt": attempt})
         message_id = assistant_message_id(step.turn_id, step.step)
@@ -98,6 +103,9 @@ class ModelActivities:
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,
         )
+        metrics.count_tokens(model, reply.prompt_tokens, reply.completion_tokens)
+        if reply.first_token_at is not None:
+            metrics.TIME_TO_FIRST_TOKEN.observe(reply.first_token_at - started)
         return c.ModelStepResult(
             message_id=message_id,
             finish_reason=reply.finish_reason,
@@ -158,6 +166,8 @@ class ModelActivities:
                     reply.prompt_tokens = chunk.usage.prompt_tokens
                     reply.completion_tokens = chunk.usage.completion_tokens
                 for choice in chunk.choices:
+                    if reply.first_token_at is None and (choice.delta.content or choice.delta.tool_calls):
+                        reply.first_token_at = time.monotonic()
                     if choice.delta.content:
                         await relay.add(choice.delta.content)
                     for delta in choice.delta.tool_calls or []:
@@ -174,6 +184,7 @@ class _Reply:
         self.finish_reason = "stop"
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.first_token_at: float | None = None  # time.monotonic() of the first text or tool call
         self._calls: dict[int, dict[str, Any]] = {}
 
     def add_tool_call_delta(self, delta: Any) -> None:

@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import heartbeating, turn_closed_is_final
 from core import contracts as c
+from core import metrics
 from core.ids import tool_message_id
 from store import approvals, conversations, events, messages
 from store.db import Pool
@@ -97,6 +98,9 @@ class ToolActivities:
                 failure = err
         if failure is not None or tool is None:
             assert failure is not None
+            if activity.info().attempt == 1:
+                label = name if tool else metrics.UNKNOWN_TOOL
+                metrics.TOOL_CALLS.labels(tool=label, outcome="invalid").inc()
             await _store_result(
                 self._pool,
                 CallRef(step.turn_id, step.conversation_id, step.message_id, call_id, name),
@@ -167,14 +171,17 @@ class ToolActivities:
             idempotency_key=f"{call.turn_id}:{call.message_id}:{call.tool_call_id}",
         )
         started = time.monotonic()
+        outcome = "error"
         try:
             self._registry.validate(call.tool, arguments)  # edited arguments too
             async with heartbeating():
                 result = await _uninterrupted(tool.run(arguments, context))
+            outcome = "ok"
         except ToolFailed as err:
             await _store_result(self._pool, CallRef.of(call), "error", error=err)
             return c.ToolRunResult(status="error")
         except ToolTemporarilyFailed as err:
+            outcome = "retry"
             attempt = activity.info().attempt
             await events.append_one(
                 self._pool,
@@ -193,6 +200,9 @@ class ToolActivities:
             failure = ToolFailed("tool_failed", f"{call.tool} failed: {type(err).__name__}: {err}")
             await _store_result(self._pool, CallRef.of(call), "error", error=failure)
             return c.ToolRunResult(status="error")
+        finally:
+            metrics.TOOL_CALLS.labels(tool=call.tool, outcome=outcome).inc()
+            metrics.TOOL_CALL_DURATION.labels(tool=call.tool).observe(time.monotonic() - started)
         log.info(
             "tool ran", tool=call.tool, turn_id=call.turn_id, ms=round((time.monotonic() - started) * 1000)
         )
@@ -211,6 +221,8 @@ class ToolActivities:
                 raise ApplicationError(
                     "the call has no approval to run on", type="approval_missing", non_retryable=True
                 )
+            if activity.info().attempt == 1:
+                metrics.count_decision(approval.status, approval.created_at, approval.decided_at)
             return approval.arguments
         message = await messages.get(self._pool, message_id=call.message_id)
         raw = (
@@ -239,7 +251,13 @@ class ToolActivities:
             await _store_result(
                 self._pool, CallRef.of(outcome), "rejected", result={"status": "rejected", "reason": reason}
             )
+            if activity.info().attempt == 1:
+                metrics.TOOL_CALLS.labels(tool=outcome.tool, outcome="rejected").inc()
+                if approval is not None:
+                    metrics.count_decision(approval.status, approval.created_at, approval.decided_at)
             return
+        if activity.info().attempt == 1:
+            metrics.TOOL_CALLS.labels(tool=outcome.tool, outcome="error").inc()
         failure = ToolFailed(outcome.error_code or "tool_failed", outcome.error_message or "the tool failed")
         await _store_result(self._pool, CallRef.of(outcome), "error", error=failure)
 

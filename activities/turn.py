@@ -6,6 +6,7 @@ from temporalio import activity
 
 from activities.heartbeat import turn_closed_is_final
 from core import contracts as c
+from core import metrics
 from core.errors import is_retryable_code
 from store import messages, turns
 from store.db import Pool
@@ -51,7 +52,7 @@ class TurnActivities:
                 "error",
                 {"error": error["message"], "code": code, "retryable": error["retryable"]},
             )
-        await turns.finish(
+        ended = await turns.finish(
             self._pool,
             turn_id=end.turn_id,
             status=end.status,
@@ -59,3 +60,8 @@ class TurnActivities:
             error=error,
             output_message_id=end.message_id,
         )
+        if ended:  # once per turn: a retried finish writes (and counts) nothing
+            metrics.TURNS_FINISHED.labels(status=end.status).inc()
+            turn = await turns.get_by_id(self._pool, turn_id=end.turn_id)
+            if turn is not None and turn.finished_at is not None:
+                metrics.TURN_DURATION.observe((turn.finished_at - turn.created_at).total_seconds())

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import openapi, problems, webui
+from api import metrics, openapi, problems, webui
 from api.hub import EventHub
 from api.idempotency import IdempotencyMiddleware
 from api.middleware import EdgeMiddleware
@@ -56,6 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     webui.install(app)
     openapi.install(app)
 
@@ -88,4 +89,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_request_bytes)
     # Outermost of all, so that even the edge's refusals (400, 413) carry the headers.
     app.add_middleware(SecurityHeadersMiddleware)
+    # Around everything, so every response is counted and timed as the client sees it.
+    app.add_middleware(metrics.MetricsMiddleware)
     return app

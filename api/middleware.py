@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import failure_response, problem_response
+from core.log_context import request_scope
 
 log = structlog.get_logger("api.access")
 
@@ -48,10 +49,14 @@ class EdgeMiddleware:
         started = time.perf_counter()
         status_holder = {"status": 0}
         over_limit = {"body": False}
+        started_turn: dict[str, str] = {}
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
+                for key, value in message.get("headers", []):
+                    if key.lower() == b"x-turn-id":  # the turn a message started
+                        started_turn["turn_id"] = value.decode("latin-1")
                 message.setdefault("headers", [])
                 message["headers"] = [
                     (k, v) for k, v in message["headers"] if k.lower() != b"x-request-id"
@@ -63,6 +68,9 @@ class EdgeMiddleware:
             await send(message)
 
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        # Lines of this request read the caller and the path's ids from its scope as they
+        # come to be known (core.log_context.add_request_context).
+        scope_token = request_scope.set(scope)
         try:
             refusal = self._refusal(scope, headers, request_id)
             if refusal is not None:
@@ -84,7 +92,9 @@ class EdgeMiddleware:
                 path=scope["path"],
                 status=status_holder["status"],
                 duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                **started_turn,
             )
+            request_scope.reset(scope_token)
             structlog.contextvars.unbind_contextvars("request_id")
 
     def _refusal(self, scope: Scope, headers: dict[str, str], request_id: str) -> ASGIApp | None:

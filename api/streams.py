@@ -4,7 +4,9 @@ Every event is read from PostgreSQL; the hub only says when to look again. A cli
 reconnects with `Last-Event-ID` therefore gets exactly the rows after it, from any API process.
 That is also why a stream may be closed before its turn ends: after `SSE_MAX_DURATION` it
 ends with a `retry:` hint (no terminal event), and the client resumes where it was, so no
-connection (nor the API process holding it) is pinned for ever by one client.
+connection (nor the API process holding it) is pinned for ever by one client. The same
+hint closes every stream at once when the API process shuts down (SIGTERM): the client
+resumes on another process instead of being cut off or held until the grace period ends.
 """
 
 import asyncio
@@ -14,6 +16,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+import anyio
 import structlog
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
@@ -32,17 +35,25 @@ _REREAD_EVERY = 5.0
 
 # How long a client waits before resuming a stream closed at its maximum duration.
 RECONNECT_AFTER_MS = 1000
+# On shutdown, how long a stream has to send its `retry:` hint before it is cut.
+_SHUTDOWN_FAREWELL_SECONDS = 2.0
 
 
 async def follow(
-    pool: Pool, hub: EventHub, *, turn_id: str, after: int, until: float | None = None
+    pool: Pool,
+    hub: EventHub,
+    *,
+    turn_id: str,
+    after: int,
+    until: float | None = None,
+    stop: anyio.Event | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Yield the turn's events with seq > after, live, until the terminal event (or until
-    the event loop's clock reaches `until`)."""
+    the event loop's clock reaches `until`, or `stop` is set)."""
     loop = asyncio.get_running_loop()
     async with hub.subscribe(turn_id) as woken:
         while True:
-            if until is not None and loop.time() >= until:
+            if (until is not None and loop.time() >= until) or (stop is not None and stop.is_set()):
                 return
             woken.clear()
             batch = await events.read_after(pool, turn_id=turn_id, after=after)
@@ -56,8 +67,20 @@ async def follow(
             if await _ended_before(pool, turn_id, after):
                 return  # resumed past the end: nothing more will come
             wait = _REREAD_EVERY if until is None else max(0.0, min(_REREAD_EVERY, until - loop.time()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), timeout=wait)
+            await _wait_either(woken, stop, seconds=wait)
+
+
+async def _wait_either(woken: asyncio.Event, stop: anyio.Event | None, *, seconds: float) -> None:
+    """Wait until `woken` or `stop` is set, or `seconds` have passed."""
+    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(woken.wait())]
+    if stop is not None:
+        waits.append(asyncio.ensure_future(stop.wait()))
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
 
 
 async def _ended_before(pool: Pool, turn_id: str, after: int) -> bool:
@@ -76,7 +99,8 @@ def _frame(event: dict[str, Any]) -> ServerSentEvent:
 
 
 class _TurnEventStream(EventSourceResponse):
-    """A turn's SSE stream, closed with a `retry:` hint once it has lasted `SSE_MAX_DURATION`.
+    """A turn's SSE stream, closed with a `retry:` hint once it has lasted `SSE_MAX_DURATION`
+    or when the server shuts down (sse-starlette's shutdown watcher sets `_shutdown`).
 
     The maximum is read from the serving app's settings when the response is sent, so every
     route that streams gets it without passing it along.
@@ -85,7 +109,13 @@ class _TurnEventStream(EventSourceResponse):
     def __init__(self, pool: Pool, hub: EventHub, *, turn_id: str, after: int, **options: Any) -> None:
         self._follow = (pool, hub, turn_id, after)
         self._max_duration: timedelta | None = None
-        super().__init__(self._frames(), **options)
+        self._shutdown = anyio.Event()
+        super().__init__(
+            self._frames(),
+            shutdown_event=self._shutdown,
+            shutdown_grace_period=_SHUTDOWN_FAREWELL_SECONDS,
+            **options,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         settings = getattr(getattr(scope.get("app"), "state", None), "settings", None)
@@ -99,14 +129,26 @@ class _TurnEventStream(EventSourceResponse):
             until = asyncio.get_running_loop().time() + self._max_duration.total_seconds()
         ended = False
         try:
-            async for event in follow(pool, hub, turn_id=turn_id, after=after, until=until):
+            async for event in follow(
+                pool, hub, turn_id=turn_id, after=after, until=until, stop=self._shutdown
+            ):
                 after = event["seq"]
                 ended = event["type"] in TERMINAL_EVENTS
                 yield _frame(event)
         except asyncio.CancelledError:
             log.info("event stream client disconnected", turn_id=turn_id)
             raise
-        if not ended and until is not None and not await _ended_before(pool, turn_id, after):
+        if ended:
+            return
+        if self._shutdown.is_set():
+            # No database read here: the pool may be closing with the process.
+            log.info("event stream closed by the server's shutdown", turn_id=turn_id, last_seq=after)
+            yield ServerSentEvent(
+                comment=f"the server is shutting down; resume with Last-Event-ID: {after}",
+                retry=RECONNECT_AFTER_MS,
+                sep="\n",
+            )
+        elif until is not None and not await _ended_before(pool, turn_id, after):
             log.info("event stream reached its maximum duration", turn_id=turn_id, last_seq=after)
             yield ServerSentEvent(
                 comment=f"the stream's maximum duration was reached; resume with Last-Event-ID: {after}",

@@ -156,6 +156,11 @@ class Settings(BaseSettings):
     # An event stream is closed after this long (with a `retry:` hint); clients resume by
     # Last-Event-ID, so nothing is lost and no connection is held for ever.
     sse_max_duration: Duration = timedelta(hours=1)
+    # On SIGTERM (graceful shutdown): how long an API process waits for requests in flight
+    # (its event streams are closed at once, with a `retry:` hint), and how long a worker lets
+    # running activities finish before cancelling them (Temporal then retries them elsewhere).
+    api_shutdown_grace: Duration = timedelta(seconds=10)
+    worker_shutdown_grace: Duration = timedelta(seconds=30)
     # The request line and headers together (431 above it); enforced by the server (api/server.py).
     max_header_bytes: ByteSize = 64 * 1024
     # Outside development, `api` and `worker` refuse unsafe settings (core/safety.py) unless this is on.
@@ -171,6 +176,11 @@ class Settings(BaseSettings):
     max_active_turns_per_user: int = Field(default=5, ge=0)
     max_streams_per_key: int = Field(default=20, ge=0)
     daily_token_budget: int = Field(default=0, ge=0)
+
+    # Prometheus (api/metrics.py): a bearer token `/metrics` requires when set; and, in
+    # development only, the worker's metrics URL whose exposition `/metrics` appends (set by `dev`).
+    metrics_token: SecretStr | None = None
+    worker_metrics_url: str | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property

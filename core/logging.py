@@ -14,6 +14,9 @@ from types import TracebackType
 from typing import Any
 
 import structlog
+from temporalio import activity, workflow
+
+from core.log_context import add_request_context, flatten_temporal_extra
 
 REDACTED = "[redacted]"
 
@@ -103,6 +106,11 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackTy
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        # Other libraries' `extra` fields (Temporal's workflow and activity info among them),
+        # flattened into the ids our own lines carry, and those of the request being served.
+        structlog.stdlib.ExtraAdder(),
+        flatten_temporal_extra,
+        add_request_context,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.stdlib.add_logger_name,
@@ -135,6 +143,10 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     sys.excepthook = _log_uncaught
+    # Temporal's loggers carry their workflow/activity info as fields (flattened above): not
+    # also as a dict appended to the message.
+    workflow.logger.workflow_info_on_message = False
+    activity.logger.activity_info_on_message = False
     # The access log is ours (api.middleware): uvicorn's would record query strings.
     logging.getLogger("uvicorn.access").disabled = True
     # httpx and httpcore log every request URL at INFO/DEBUG: search queries, the pages the
