@@ -35,9 +35,12 @@ def cmd_api(args: argparse.Namespace) -> int:
     from api.app import create_app
     from api.server import server_config
     from core.safety import check_startup
+    from core.telemetry import setup_error_tracking, setup_tracing
 
     settings = _settings()
     check_startup(settings, process="api", bind_host=args.host)
+    setup_tracing(settings, "assistant-api")
+    setup_error_tracking(settings)
     app = create_app(settings)
     config = server_config(
         app,
@@ -62,10 +65,13 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from core.safety import check_startup
+    from core.telemetry import setup_error_tracking, setup_tracing
     from worker import run_worker
 
     settings = _settings()
     check_startup(settings, process="worker")
+    setup_tracing(settings, "assistant-worker")
+    setup_error_tracking(settings)
     asyncio.run(run_worker(settings, metrics_port=args.metrics_port, metrics_host=args.metrics_host))
     return 0
 

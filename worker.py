@@ -17,7 +17,7 @@ from temporalio.worker import Worker
 from activities.model import ModelActivities
 from activities.tools import ToolActivities
 from activities.turn import TurnActivities
-from core import metrics
+from core import metrics, telemetry
 from core.config import Settings
 from core.log_context import LogContextInterceptor
 from store import approvals, catalog, idempotency, turns
@@ -200,7 +200,11 @@ async def run_worker(settings: Settings, *, metrics_port: int = 0, metrics_host:
     runtime = _serve_metrics(metrics_port, metrics_host) if metrics_port else None
     pool = await create_pool(settings.require_database_url())
     client = await Client.connect(
-        settings.require_temporal_address(), namespace=settings.temporal_namespace, runtime=runtime
+        settings.require_temporal_address(),
+        namespace=settings.temporal_namespace,
+        runtime=runtime,
+        # Tracing (when on): the worker takes the client's interceptors as its own too.
+        interceptors=telemetry.temporal_interceptors(),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

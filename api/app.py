@@ -15,6 +15,7 @@ from api.ratelimit import RateLimitHeaders, RateLimits
 from api.routes import approvals, auth, conversations, health, messages, tools, turns, users
 from api.security_headers import SecurityHeadersMiddleware
 from api.temporal import TemporalConnector
+from core import telemetry
 from core.config import Settings
 from store.db import create_pool
 
@@ -91,4 +92,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware)
     # Around everything, so every response is counted and timed as the client sees it.
     app.add_middleware(metrics.MetricsMiddleware)
+    telemetry.instrument_app(app)  # when tracing is on (OTEL_EXPORTER_OTLP_ENDPOINT)
     return app

@@ -29,6 +29,11 @@ REQUEST_DURATION = Histogram(
 )
 ACTIVE_REQUESTS = Gauge("app_active_requests", "HTTP requests being served now.")
 SSE_CLIENTS = Gauge("sse_clients_connected", "Event streams open now.")
+EVENT_LOG_LAG = Histogram(
+    "event_log_lag_seconds",
+    "From an event's row being written to its being sent on a stream that had caught up (live).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 
 UNMATCHED = "unmatched"
 # The classic text format, which every Prometheus reads (and which concatenates safely).

@@ -12,8 +12,9 @@ resumes on another process instead of being cut off or held until the grace peri
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
@@ -22,6 +23,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
 from api.hub import EventHub
+from api.metrics import EVENT_LOG_LAG
 from store import events
 from store.db import Pool
 from store.events import TERMINAL_STATUSES
@@ -51,6 +53,7 @@ async def follow(
     """Yield the turn's events with seq > after, live, until the terminal event (or until
     the event loop's clock reaches `until`, or `stop` is set)."""
     loop = asyncio.get_running_loop()
+    caught_up = False  # events read before the stream first reached the log's end are replays
     async with hub.subscribe(turn_id) as woken:
         while True:
             if (until is not None and loop.time() >= until) or (stop is not None and stop.is_set()):
@@ -59,15 +62,23 @@ async def follow(
             batch = await events.read_after(pool, turn_id=turn_id, after=after)
             for event in batch:
                 after = event["seq"]
+                if caught_up:
+                    _observe_lag(event)
                 yield event
                 if event["type"] in TERMINAL_EVENTS:
                     return
             if batch:
                 continue  # there may be more than one page
+            caught_up = True
             if await _ended_before(pool, turn_id, after):
                 return  # resumed past the end: nothing more will come
             wait = _REREAD_EVERY if until is None else max(0.0, min(_REREAD_EVERY, until - loop.time()))
             await _wait_either(woken, stop, seconds=wait)
+
+
+def _observe_lag(event: dict[str, Any]) -> None:
+    written = datetime.fromisoformat(event["timestamp"])
+    EVENT_LOG_LAG.observe(max(0.0, time.time() - written.timestamp()))
 
 
 async def _wait_either(woken: asyncio.Event, stop: anyio.Event | None, *, seconds: float) -> None:

@@ -9,6 +9,8 @@ import asyncio
 import structlog
 from temporalio.client import Client
 
+from core import telemetry
+
 log = structlog.get_logger(__name__)
 
 
@@ -26,7 +28,13 @@ class TemporalConnector:
             if self._client is None:
                 try:
                     self._client = await asyncio.wait_for(
-                        Client.connect(self._address, namespace=self._namespace), timeout=5
+                        # Traced when tracing is on, so a turn's workflow spans join the request's trace.
+                        Client.connect(
+                            self._address,
+                            namespace=self._namespace,
+                            interceptors=telemetry.temporal_interceptors(),
+                        ),
+                        timeout=5,
                     )
                 except Exception as err:
                     log.warning("cannot connect to Temporal", error=str(err))

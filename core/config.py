@@ -101,6 +101,10 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_format: Literal["json", "console"] | None = None
+    # Optional tracing and error tracking (core/telemetry.py, the `observability` extra): spans
+    # go to this OTLP/HTTP collector (the other OTEL_* variables apply), errors to this DSN.
+    otel_exporter_otlp_endpoint: str | None = None
+    sentry_dsn: SecretStr | None = None
 
     smtp_host: str | None = None
     smtp_port: int | None = None

@@ -6,6 +6,8 @@ import shutil
 import subprocess
 import tomllib
 
+import yaml
+
 from tests.conftest import ROOT
 
 
@@ -48,3 +50,18 @@ def test_the_image_copies_every_module_the_package_installs():
     modules = {f"{name}.py" for name in project["py-modules"]}
     packages = {pattern.rstrip("*") for pattern in project["packages"]["find"]["include"]}
     assert modules | packages <= copied, f"not copied into the image: {(modules | packages) - copied}"
+
+
+def test_compose_puts_two_api_replicas_behind_one_port_and_runs_two_workers():
+    result = compose("config")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert services["api"]["deploy"]["replicas"] == 2 and services["worker"]["deploy"]["replicas"] == 2
+    assert "ports" not in services["api"], "replicas cannot share a published port: the proxy has it"
+    assert services["proxy"]["ports"] == ["127.0.0.1:8000:8000/tcp"]  # Debian's compose v1 spelling
+    for name in ("api", "worker", "postgres"):
+        assert services[name]["healthcheck"]["test"], name
+    assert services["proxy"]["depends_on"]["api"]["condition"] == "service_healthy"
+    assert services["api"]["environment"]["SMTP_HOST"] == "mailpit"
+    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert "server api:8000" in nginx and "proxy_buffering off" in nginx  # SSE unbuffered

@@ -19,7 +19,7 @@ from api.app import create_app
 from core import metrics as worker_metrics
 from devstack import free_port
 from tests.conftest import _serve, assistant_process, marker
-from tests.helpers import create_conversation, start_turn_json, wait_turn
+from tests.helpers import create_conversation, read_sse, start_turn_json, wait_turn
 from tests.test_dev_command import _start_dev, _stop_dev, _stream_reply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -373,3 +373,19 @@ def test_model_names_chosen_by_users_cannot_grow_the_series_without_bound(monkey
     assert labels[: worker_metrics.MAX_MODEL_LABELS] == [f"model-{i}" for i in range(20)]
     assert set(labels[worker_metrics.MAX_MODEL_LABELS :]) == {worker_metrics.OTHER_MODEL}
     assert worker_metrics.model_label("model-3") == "model-3", "a known model keeps its series"
+
+
+async def test_events_sent_live_are_timed_from_their_write(user, model, api_url):
+    tag = marker()
+    model.script(tag, [{"kind": "reply", "content": " ".join(f"w{i}" for i in range(20)), "delay_ms": 20}])
+    conv = await create_conversation(user.client)
+    before = parse((await api_metrics(api_url)).text)
+    events, _ = await read_sse(
+        user.client, "POST", f"/api/v1/conversations/{conv['id']}/messages", json={"content": tag}
+    )
+    after = parse((await api_metrics(api_url)).text)
+    observed = value(after, "event_log_lag_seconds_count") - value(before, "event_log_lag_seconds_count")
+    total = value(after, "event_log_lag_seconds_sum") - value(before, "event_log_lag_seconds_sum")
+    # Other tests' streams may add to it too; this stream's live events are most of its events.
+    assert observed >= len(events) // 2, (observed, len(events))
+    assert 0 < total / observed < 1.0, "a live event reaches its stream well within a second"
