@@ -20,6 +20,7 @@ from core import metrics as worker_metrics
 from devstack import free_port
 from tests.conftest import _serve, assistant_process, marker
 from tests.helpers import create_conversation, read_sse, start_turn_json, wait_turn
+from tests.test_approvals import email_args, script_email
 from tests.test_dev_command import _start_dev, _stop_dev, _stream_reply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,22 +67,7 @@ async def test_a_turn_moves_the_api_and_worker_metrics(user, model, api_url, mon
     tag = marker()
     model_name = f"metrics-{uuid.uuid4().hex[:8]}"  # a label no other test's turn touches
     monkeypatch.setattr(worker_metrics, "_models_seen", set())  # room for its own series
-    model.script(
-        tag,
-        [
-            {
-                "kind": "tool_calls",
-                "tool_calls": [
-                    {
-                        "id": "call_mail",
-                        "name": "send_email",
-                        "arguments": {"to": "bob@example.test", "subject": tag, "body": "Hi"},
-                    }
-                ],
-            },
-            {"kind": "reply", "content": "Sent."},
-        ],
-    )
+    script_email(model, tag, email_args(tag), then="Sent.")
     api_before = parse((await api_metrics(api_url)).text)
     worker_before = worker_samples()
 
@@ -167,22 +153,7 @@ async def test_unmatched_paths_are_one_series(api_url):
 
 async def test_sse_clients_are_gauged_while_a_stream_is_open(user, model, api_url):
     tag = marker()
-    model.script(
-        tag,
-        [
-            {
-                "kind": "tool_calls",
-                "tool_calls": [
-                    {
-                        "id": "call_mail",
-                        "name": "send_email",
-                        "arguments": {"to": "bob@example.test", "subject": tag, "body": "Hi"},
-                    }
-                ],
-            },
-            {"kind": "reply", "content": "Not sent."},
-        ],
-    )
+    script_email(model, tag, email_args(tag), then="Not sent.")
     conv = await create_conversation(user.client)
     turn_id = (await start_turn_json(user.client, conv["id"], tag))["turn"]["id"]
     parked = await wait_turn(user.client, turn_id, until=("awaiting_approval",))
@@ -204,22 +175,7 @@ async def test_sse_clients_are_gauged_while_a_stream_is_open(user, model, api_ur
 
 async def test_a_rejection_is_counted_with_its_wait(user, model):
     tag = marker()
-    model.script(
-        tag,
-        [
-            {
-                "kind": "tool_calls",
-                "tool_calls": [
-                    {
-                        "id": "call_mail",
-                        "name": "send_email",
-                        "arguments": {"to": "bob@example.test", "subject": tag, "body": "Hi"},
-                    }
-                ],
-            },
-            {"kind": "reply", "content": "Not sent."},
-        ],
-    )
+    script_email(model, tag, email_args(tag), then="Not sent.")
     before = worker_samples()
     conv = await create_conversation(user.client)
     turn_id = (await start_turn_json(user.client, conv["id"], tag))["turn"]["id"]
