@@ -172,13 +172,14 @@ class Settings(BaseSettings):
 
     # Rate limits per API key (api/ratelimit.py): requests to /api/v1, and turns started. The
     # counters live in this process (`memory`) or in PostgreSQL, shared by every API process.
-    rate_limit_requests: RateLimit = "600/minute"
-    rate_limit_turns: RateLimit = "30/minute"
+    # Defaults that stop a runaway client, not a busy one (parallel conversations, polling).
+    rate_limit_requests: RateLimit = "1200/minute"
+    rate_limit_turns: RateLimit = "120/minute"
     rate_limit_storage: Literal["memory", "postgres"] = "memory"
     # Concurrency and quota limits (0 = none): turns active at once per user (exact, decided
     # in PostgreSQL), open event streams per key (per API process), tokens per user per UTC day.
-    max_active_turns_per_user: int = Field(default=5, ge=0)
-    max_streams_per_key: int = Field(default=20, ge=0)
+    max_active_turns_per_user: int = Field(default=20, ge=0)
+    max_streams_per_key: int = Field(default=50, ge=0)
     daily_token_budget: int = Field(default=0, ge=0)
 
     # Prometheus (api/metrics.py): a bearer token `/metrics` requires when set; and, in
