@@ -64,6 +64,13 @@ def _turn_of(workflow_type: Any, workflow_id: Any) -> str | None:
     return workflow_id if workflow_type == WORKFLOW_NAME and isinstance(workflow_id, str) else None
 
 
+def _add_missing(event_dict: MutableMapping[str, Any], fields: Mapping[str, Any]) -> None:
+    """Set each known field the line does not set itself."""
+    for key, value in fields.items():
+        if value is not None:
+            event_dict.setdefault(key, value)
+
+
 def flatten_temporal_extra(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
@@ -79,9 +86,7 @@ def flatten_temporal_extra(
             "turn_id": _turn_of(details.get("workflow_type"), details.get("workflow_id")),
             "update": details.get("update_name"),
         }
-        for key, value in flat.items():
-            if value is not None:
-                event_dict.setdefault(key, value)
+        _add_missing(event_dict, flat)
     details = event_dict.pop("temporal_activity", None)
     if isinstance(details, Mapping):
         flat = {
@@ -93,9 +98,7 @@ def flatten_temporal_extra(
             "activity_id": details.get("activity_id"),
             "attempt": details.get("attempt"),
         }
-        for key, value in flat.items():
-            if value is not None:
-                event_dict.setdefault(key, value)
+        _add_missing(event_dict, flat)
     event_dict.pop("color_message", None)  # uvicorn's colored copy of the message
     for key in [key for key in event_dict if key.startswith("__")]:
         del event_dict[key]  # Temporal's private markers (`__temporal_error_identifier`)
